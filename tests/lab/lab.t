@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# tools/lab end to end: brings up a lab instance of its own (t$$), checks what a user
+# would (ssh, curl, dig, routes, the cgroup, a clean host), tears it down; prints TAP.
+set -uo pipefail
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+lab="$top/tools/lab"
+export MTUN_LAB="t$$"
+prefix="mtun-$MTUN_LAB"
+state="$top/.lab/$MTUN_LAB"
+app_ip=198.19.1.10
+inet_ip=198.18.2.2
+n=0
+tmp=$(mktemp -d /tmp/mtun-lab-t.XXXXXX)
+
+cleanup() {
+	"$lab" down >/dev/null 2>&1
+	MTUN_LAB="f$$" "$lab" down >/dev/null 2>&1
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ok() { # ok DESCRIPTION CMD...: one TAP line, from CMD's status
+	local what=$1
+	shift
+	n=$((n + 1))
+	if "$@"; then
+		echo "ok $n - $what"
+	else
+		echo "not ok $n - $what"
+	fi
+}
+skip() {
+	n=$((n + 1))
+	echo "ok $n - $1 # SKIP $2"
+}
+diag() { sed 's/^/# /' "$@" >&2; }
+
+checks=("up succeeds" "every node has its namespace" "ssh from conn reaches server01"
+	"curl from conn gets server01's page" "client cannot connect to the app's sshd"
+	"no route from client or edge to the app network; conn does not forward"
+	"client resolves www.public.example to inet" "client gets NXDOMAIN for server01.corp.example"
+	"conn resolves server01.corp.example to the app" "app's sshd refuses password-only logins"
+	"exec returns the command's exit status" "exec client runs in the lab's client cgroup"
+	"a second up is a no-op success" "down removes namespaces, cgroup, processes and state"
+	"a second down succeeds" "a failed up says why and removes what it made"
+	"the host's resolv.conf, hosts, ssh_config, ~/.ssh and /run/sshd are unchanged"
+	"the host's routes and interfaces are unchanged")
+skip_all() {
+	local c
+	for c in "${checks[@]}"; do
+		skip "$c" "$1"
+	done
+	echo "1..$n"
+	exit 0
+}
+
+[ "$(id -u)" -eq 0 ] || skip_all "needs root"
+unshare --net true 2>/dev/null || skip_all "no network namespaces"
+cg_root=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
+
+host_sum() {
+	sha256sum /etc/resolv.conf /etc/hosts /etc/ssh/ssh_config 2>&1
+	ls -ld /root/.ssh /run/sshd 2>&1
+}
+host_net() {
+	ip -4 route show table all
+	ip -6 route show table all
+	ip -br link show | awk '{ print $1 }'
+}
+host_sum >"$tmp/sum.before"
+host_net >"$tmp/net.before"
+
+# 1. up
+up_ok() {
+	if ! "$lab" up >"$tmp/up.out" 2>"$tmp/up.err"; then
+		diag "$tmp/up.err"
+		return 1
+	fi
+	grep -q "is up" "$tmp/up.out"
+}
+ok "up succeeds" up_ok
+if [ ! -f "$state/up" ]; then
+	for c in "${checks[@]:1}"; do
+		n=$((n + 1))
+		echo "not ok $n - $c # lab is not up"
+	done
+	echo "1..$n"
+	exit 1
+fi
+
+all_ns() {
+	local node
+	for node in client edge conn app inet; do
+		[ -e "/run/netns/$prefix-$node" ] || return 1
+	done
+}
+ok "every node has its namespace" all_ns
+
+ssh_hostname() {
+	local out
+	out=$("$lab" exec conn -- ssh server01.corp.example hostname 2>"$tmp/ssh.err")
+	[ "$out" = server01 ] || { diag "$tmp/ssh.err"; echo "# got: '$out'" >&2; return 1; }
+}
+ok "ssh from conn reaches server01" ssh_hostname
+
+page() {
+	"$lab" exec conn -- curl -s --max-time 5 http://server01.corp.example/ |
+		grep -q '<h1>server01.corp.example</h1>'
+}
+ok "curl from conn gets server01's page" page
+
+no_connect() { ! "$lab" exec client -- nc -z -w 2 "$app_ip" 22 2>/dev/null; }
+ok "client cannot connect to the app's sshd" no_connect
+
+no_route() {
+	! "$lab" exec client -- ip route get "$app_ip" >/dev/null 2>&1 &&
+		! "$lab" exec edge -- ip route get "$app_ip" >/dev/null 2>&1 &&
+		[ "$("$lab" exec conn -- sysctl -n net.ipv4.ip_forward)" = 0 ]
+}
+ok "no route from client or edge to the app network; conn does not forward" no_route
+
+public_name() { [ "$("$lab" exec client -- dig +short www.public.example)" = "$inet_ip" ]; }
+ok "client resolves www.public.example to inet" public_name
+
+private_nx() {
+	"$lab" exec client -- dig server01.corp.example | grep -q 'status: NXDOMAIN'
+}
+ok "client gets NXDOMAIN for server01.corp.example" private_nx
+
+conn_resolves() { [ "$("$lab" exec conn -- dig +short server01.corp.example)" = "$app_ip" ]; }
+ok "conn resolves server01.corp.example to the app" conn_resolves
+
+no_password() {
+	! "$lab" exec conn -- ssh -o PubkeyAuthentication=no server01.corp.example true \
+		2>"$tmp/pw.err" && grep -q 'Permission denied (publickey)' "$tmp/pw.err"
+}
+ok "app's sshd refuses password-only logins" no_password
+
+exit_status() {
+	"$lab" exec edge -- sh -c 'exit 7'
+	[ $? -eq 7 ]
+}
+ok "exec returns the command's exit status" exit_status
+
+in_cgroup() {
+	local want="0::/$prefix/client"
+	[ "$("$lab" exec client -- cat /proc/self/cgroup | grep '^0::')" = "$want" ] &&
+		[ "$(cat "$cg_root/$prefix/client/cgroup.procs")" = "" ]
+}
+if [ -n "$cg_root" ]; then
+	ok "exec client runs in the lab's client cgroup" in_cgroup
+else
+	skip "exec client runs in the lab's client cgroup" "no cgroup v2 mounted"
+fi
+
+# The recorded servers, before the second up and before down.
+cat "$state"/pids/* >"$tmp/pids"
+second_up() {
+	"$lab" up >"$tmp/up2.out" 2>&1 && grep -q "already up" "$tmp/up2.out" &&
+		cat "$state"/pids/* | cmp -s - "$tmp/pids"
+}
+ok "a second up is a no-op success" second_up
+
+# A process started through exec must go with the lab too.
+"$lab" exec client -- sleep 600 &
+stray=$!
+"$lab" exec conn -- sleep 600 &
+stray2=$!
+while ! grep -q "^0::/$prefix/client" "/proc/$stray/cgroup" 2>/dev/null; do
+	[ -e "/proc/$stray" ] || break
+	sleep 0.05
+done
+
+# running PID [STARTTIME]: PID runs (a zombie does not; its parent, often init, reaps it).
+running() {
+	local stat f
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	read -r -a f <<<"${stat##*) }"
+	[ "${f[0]}" != Z ] && { [ -z "${2:-}" ] || [ "${f[19]}" = "$2" ]; }
+}
+
+down_clean() {
+	local pid start name f bad=0
+	"$lab" down >"$tmp/down.out" 2>&1 || { diag "$tmp/down.out"; bad=1; }
+	for f in /run/netns/"$prefix"-*; do
+		[ -e "$f" ] && { echo "# namespace $f left" >&2; bad=1; }
+	done
+	[ -n "$cg_root" ] && [ -e "$cg_root/$prefix" ] && { echo "# cgroup left" >&2; bad=1; }
+	while read -r pid start name; do
+		running "$pid" "$start" && { echo "# $name ($pid) still running" >&2; bad=1; }
+	done <"$tmp/pids"
+	if running "$stray" || running "$stray2"; then
+		echo "# a process started by exec is left" >&2
+		bad=1
+	fi
+	[ -e "$state" ] && { echo "# state left" >&2; bad=1; }
+	return $bad
+}
+ok "down removes namespaces, cgroup, processes and state" down_clean
+
+second_down() { "$lab" down >&2; }
+ok "a second down succeeds" second_down
+
+# An up that fails (here: a dnsmasq that exits at once) says why and leaves nothing.
+failed_up() {
+	local inst="f$$" bad=0
+	mkdir -p "$tmp/bin"
+	printf '#!/bin/sh\necho "fake dnsmasq: refusing" >&2\nexit 1\n' >"$tmp/bin/dnsmasq"
+	chmod +x "$tmp/bin/dnsmasq"
+	if PATH="$tmp/bin:$PATH" MTUN_LAB=$inst "$lab" up >"$tmp/fail.out" 2>"$tmp/fail.err"; then
+		echo "# up succeeded with a broken dnsmasq" >&2
+		MTUN_LAB=$inst "$lab" down >/dev/null 2>&1
+		return 1
+	fi
+	grep -q "app-dns exited before app's DNS was ready" "$tmp/fail.err" || { diag "$tmp/fail.err"; bad=1; }
+	for f in /run/netns/"mtun-$inst"-* "$top/.lab/$inst" ${cg_root:+"$cg_root/mtun-$inst"}; do
+		[ -e "$f" ] && { echo "# $f left after a failed up" >&2; bad=1; }
+	done
+	return $bad
+}
+ok "a failed up says why and removes what it made" failed_up
+
+host_sum >"$tmp/sum.after"
+host_net >"$tmp/net.after"
+ok "the host's resolv.conf, hosts, ssh_config, ~/.ssh and /run/sshd are unchanged" cmp -s "$tmp/sum.before" "$tmp/sum.after"
+ok "the host's routes and interfaces are unchanged" cmp -s "$tmp/net.before" "$tmp/net.after"
+
+echo "1..$n"
