@@ -4,7 +4,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "broker.h"
+#include "lib/segment.h"
 #include "t.h"
 
 static const struct seg_ports tcp_all[] = {{SEG_PROTO_TCP, 1, 65535}};

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "broker.h"
+#include "segment.h"
 
 struct seg_host {
 	uint64_t hash;
