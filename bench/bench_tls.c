@@ -12,11 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/bn.h>
 #include <openssl/evp.h>
-#include <openssl/rand.h>
-#include <openssl/x509v3.h>
 
+#include "pki_fixture.h"
 #include "ring.h"
 #include "tls.h"
 
@@ -26,11 +24,6 @@
 #define BUFS     64
 #define BUF_SIZE 65536
 
-struct cred {
-	X509 *cert;
-	EVP_PKEY *key;
-};
-
 static double now(void)
 {
 	struct timespec ts;
@@ -39,82 +32,19 @@ static double now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
-{
-	X509V3_CTX v3;
-	X509_EXTENSION *ext;
-	int ok;
-
-	X509V3_set_ctx(&v3, issuer, cert, NULL, NULL, 0);
-	ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
-	if (!ext)
-		return -EINVAL;
-	ok = X509_add_ext(cert, ext, -1);
-	X509_EXTENSION_free(ext);
-	return ok ? 0 : -ENOMEM;
-}
-
-/* A throwaway P-256 certificate: a CA if issuer is NULL, else a leaf with the URI. */
-static int cred_make(const struct cred *issuer, const char *uri, struct cred *out)
-{
-	X509_NAME *name = X509_NAME_new();
-	unsigned char serial[8];
-	BIGNUM *bn = NULL;
-	char san[256];
-	int ret = -EINVAL;
-
-	out->key = EVP_EC_gen("P-256");
-	out->cert = X509_new();
-	if (!name || !out->key || !out->cert || RAND_bytes(serial, sizeof(serial)) != 1)
-		goto out;
-	serial[0] &= 0x7f;
-	bn = BN_bin2bn(serial, sizeof(serial), NULL);
-	if (!bn || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(out->cert)) ||
-	    !X509_set_version(out->cert, 2) ||
-	    !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
-	                                (const unsigned char *)(issuer ? "leaf" : "bench root"), -1,
-	                                -1, 0) ||
-	    !X509_set_subject_name(out->cert, name) ||
-	    !X509_set_issuer_name(out->cert, issuer ? X509_get_subject_name(issuer->cert) : name) ||
-	    !X509_gmtime_adj(X509_getm_notBefore(out->cert), -60) ||
-	    !X509_gmtime_adj(X509_getm_notAfter(out->cert), 3600) ||
-	    !X509_set_pubkey(out->cert, out->key))
-		goto out;
-	if (!issuer) {
-		if (add_ext(out->cert, out->cert, NID_basic_constraints, "critical,CA:TRUE") < 0 ||
-		    add_ext(out->cert, out->cert, NID_key_usage, "critical,keyCertSign") < 0)
-			goto out;
-	} else {
-		snprintf(san, sizeof(san), "URI:%s", uri);
-		if (add_ext(out->cert, issuer->cert, NID_subject_alt_name, san) < 0)
-			goto out;
-	}
-	if (X509_sign(out->cert, issuer ? issuer->key : out->key, EVP_sha256()) <= 0)
-		goto out;
-	ret = 0;
-out:
-	BN_free(bn);
-	X509_NAME_free(name);
-	return ret;
-}
-
-static void cred_free(struct cred *c)
-{
-	X509_free(c->cert);
-	EVP_PKEY_free(c->key);
-}
-
 /* A client (connector) and a server (broker) context that accept each other. */
 static int make_ctxs(struct tls_ctx **sctx, struct tls_ctx **cctx)
 {
-	struct cred root = {0}, broker = {0}, conn = {0};
+	struct pki_cert root = {0}, broker = {0}, conn = {0};
 	STACK_OF(X509) *anchors = sk_X509_new_null();
 	const char *why = "cannot make certificates";
 	int ret = -EINVAL;
 
-	if (!anchors || cred_make(NULL, NULL, &root) < 0 ||
-	    cred_make(&root, "mtun://bench/broker/b1", &broker) < 0 ||
-	    cred_make(&root, "mtun://bench/connector/c1", &conn) < 0 ||
+	if (!anchors || pki_root_new("bench root", &root) < 0 ||
+	    pki_leaf_new(&root, (const char *[]){"mtun://bench/broker/b1"}, 1, -60, 3600, &broker) <
+	        0 ||
+	    pki_leaf_new(&root, (const char *[]){"mtun://bench/connector/c1"}, 1, -60, 3600,
+	                 &conn) < 0 ||
 	    !sk_X509_push(anchors, root.cert))
 		goto out;
 	*sctx = tls_ctx_new(&(struct tls_conf){.server = true,
@@ -140,9 +70,9 @@ out:
 	if (ret < 0)
 		fprintf(stderr, "bench_tls: %s\n", why);
 	sk_X509_free(anchors);
-	cred_free(&root);
-	cred_free(&broker);
-	cred_free(&conn);
+	pki_cert_free(&root);
+	pki_cert_free(&broker);
+	pki_cert_free(&conn);
 	return ret;
 }
 
