@@ -164,8 +164,11 @@ int ident_parse(const char *uri, size_t len, struct ident *out, const char **why
 	memcpy(out->id, seg, n);
 	if (p < end && *p == '/')
 		FAIL("extra path segment");
-	if (p < end) /* '?' */
+	if (p < end) { /* '?' */
+		if (out->role != MT_ROLE_AGENT)
+			FAIL("query parameters belong to agent identities only");
 		return parse_query(p + 1, end, out, why);
+	}
 	if (out->role == MT_ROLE_AGENT)
 		FAIL("agent identity without user and device");
 	return 0;

@@ -51,6 +51,7 @@ static void rejects_malformed(void)
 		"mtun://acme/agent/x?user=al ice&device=00",
 		"mtun://acme/agent/x?user=a&device=0011",	/* short device */
 		"mtun://acme/broker/x?colour=blue",
+		"mtun://acme/connector/c?user=alice",	/* user on a non-agent (found by fuzzing) */
 		"mtun://acme/broker/x?user",
 		"mtun://acme",
 	};
