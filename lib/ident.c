@@ -6,10 +6,13 @@
 #include "ident.h"
 
 static const char *const role_names[MT_ROLE_MAX] = {
-	[MT_ROLE_NONE] = "none",	   [MT_ROLE_AGENT] = "agent",
-	[MT_ROLE_CONNECTOR] = "connector", [MT_ROLE_BROKER] = "broker",
-	[MT_ROLE_INSPECTOR] = "inspector", [MT_ROLE_ADMIN] = "admin",
-	[MT_ROLE_CA] = "ca",
+    [MT_ROLE_NONE] = "none",
+    [MT_ROLE_AGENT] = "agent",
+    [MT_ROLE_CONNECTOR] = "connector",
+    [MT_ROLE_BROKER] = "broker",
+    [MT_ROLE_INSPECTOR] = "inspector",
+    [MT_ROLE_ADMIN] = "admin",
+    [MT_ROLE_CA] = "ca",
 };
 
 const char *ident_role_name(enum mt_role role)

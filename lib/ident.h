@@ -33,10 +33,11 @@ enum mt_role {
 #define MT_ROLE_BIT(r) (1U << (r))
 
 #define IDENT_TENANT_MAX 63
-#define IDENT_ID_MAX	 64
-#define IDENT_USER_MAX	 64
+#define IDENT_ID_MAX     64
+#define IDENT_USER_MAX   64
 #define IDENT_DEVICE_LEN 32
-#define IDENT_URI_MAX	 (7 + IDENT_TENANT_MAX + 1 + 9 + 1 + IDENT_ID_MAX + 6 + IDENT_USER_MAX + 8 + 64 + 1)
+#define IDENT_URI_MAX                                                                              \
+	(7 + IDENT_TENANT_MAX + 1 + 9 + 1 + IDENT_ID_MAX + 6 + IDENT_USER_MAX + 8 + 64 + 1)
 
 struct ident {
 	char tenant[IDENT_TENANT_MAX + 1];

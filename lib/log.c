@@ -15,10 +15,10 @@ static enum log_level log_level = LOG_LVL_INFO;
 static int log_fd = STDERR_FILENO;
 
 static const char *const level_names[] = {
-	[LOG_LVL_ERR] = "err",
-	[LOG_LVL_WARN] = "warn",
-	[LOG_LVL_INFO] = "info",
-	[LOG_LVL_DEBUG] = "debug",
+    [LOG_LVL_ERR] = "err",
+    [LOG_LVL_WARN] = "warn",
+    [LOG_LVL_INFO] = "info",
+    [LOG_LVL_DEBUG] = "debug",
 };
 
 void log_init(const char *tag, enum log_level level)
@@ -86,9 +86,10 @@ static int put_prefix(char *line, size_t size, enum log_level level)
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
-	return snprintf(line, size, "ts=%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ proc=%s pid=%d level=%s",
-			tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-			tm.tm_sec, ts.tv_nsec / 1000, log_tag, (int)getpid(), level_names[level]);
+	return snprintf(line, size,
+	                "ts=%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ proc=%s pid=%d level=%s",
+	                tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+	                tm.tm_sec, ts.tv_nsec / 1000, log_tag, (int)getpid(), level_names[level]);
 }
 
 static void emit(char *line, size_t n)
@@ -102,7 +103,7 @@ static void emit(char *line, size_t n)
 }
 
 static void vlog(enum log_level level, const char *err, const char *fmt, va_list ap)
-	__attribute__((format(printf, 3, 0)));
+    __attribute__((format(printf, 3, 0)));
 static void vlog(enum log_level level, const char *err, const char *fmt, va_list ap)
 {
 	char line[LOG_LINE_MAX], msg[LOG_LINE_MAX / 2], q[LOG_LINE_MAX / 2 + 64];
@@ -112,11 +113,10 @@ static void vlog(enum log_level level, const char *err, const char *fmt, va_list
 		return;
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	n = put_prefix(line, sizeof(line), level);
-	n += snprintf(line + n, sizeof(line) - (size_t)n, " msg=%s",
-		      log_quote(q, sizeof(q), msg));
+	n += snprintf(line + n, sizeof(line) - (size_t)n, " msg=%s", log_quote(q, sizeof(q), msg));
 	if (err && (size_t)n < sizeof(line))
 		n += snprintf(line + n, sizeof(line) - (size_t)n, " err=%s",
-			      log_quote(q, sizeof(q), err));
+		              log_quote(q, sizeof(q), err));
 	emit(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 

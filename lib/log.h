@@ -34,7 +34,7 @@ noreturn void fatalx(const char *fmt, ...) __attribute__((format(printf, 1, 2)))
  * Values that may hold spaces or quotes go through log_quote first.
  */
 void log_event(enum log_level level, const char *event, const char *kvfmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 /* Quotes s for a value: "..." with \" \\ and \xNN for control bytes; returns buf. */
 const char *log_quote(char *buf, unsigned size, const char *s);

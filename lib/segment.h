@@ -12,7 +12,6 @@
 
 #include "ident.h"
 
-
 #define SEG_NAME_MAX     253 /* a DNS name without its trailing dot */
 #define SEG_LABEL_MAX    63
 #define SEG_TITLE_MAX    64 /* an admin's name for a segment or a rule */

@@ -706,7 +706,7 @@ const char *tls_conn_cipher(const struct tls_conn *c)
 	return cs ? SSL_CIPHER_standard_name(cs) : "";
 }
 
-int tls_load_certs_mem(const void *buf, size_t len, STACK_OF(X509) * *out)
+int tls_load_certs_mem(const void *buf, size_t len, STACK_OF(X509) **out)
 {
 	STACK_OF(X509) *certs = NULL;
 	BIO *bio = NULL;
@@ -741,7 +741,7 @@ out:
 	return ret;
 }
 
-int tls_load_certs(const char *path, STACK_OF(X509) * *out)
+int tls_load_certs(const char *path, STACK_OF(X509) **out)
 {
 	uint8_t *buf = NULL;
 	size_t len = 0;

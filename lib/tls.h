@@ -38,11 +38,11 @@ struct tls_conf {
 	/* Own certificate, the intermediates sent with it, and its key (decrypted by the
 	 * caller). The context takes its own references. Optional for a server-auth client. */
 	X509 *cert;
-	STACK_OF(X509) * chain;
+	STACK_OF(X509) *chain;
 	EVP_PKEY *key;
 	/* Trust anchors: a store, or a list of root certificates (either or both). */
 	X509_STORE *trust;
-	STACK_OF(X509) * anchors;
+	STACK_OF(X509) *anchors;
 	/* MT_ROLE_BIT()s of the peer roles accepted. Required in mutual mode; in
 	 * server-auth mode, if non-zero, the server's URI is checked as well. */
 	uint32_t peer_roles;
@@ -139,8 +139,8 @@ const char *tls_conn_cipher(const struct tls_conn *c);
 
 /* PEM certificates from a file or memory (at most 1 MiB, 1..16 certificates), in order.
  * 0, -errno of the file, -EFBIG, -EBADMSG (no or bad PEM), -ENOMEM. */
-int tls_load_certs(const char *path, STACK_OF(X509) * *out);
-int tls_load_certs_mem(const void *buf, size_t len, STACK_OF(X509) * *out);
+int tls_load_certs(const char *path, STACK_OF(X509) **out);
+int tls_load_certs_mem(const void *buf, size_t len, STACK_OF(X509) **out);
 /* A private key (PEM or DER) from memory the caller decrypted; 0 or -EBADMSG. */
 int tls_load_key_mem(const void *buf, size_t len, EVP_PKEY **out);
 /* SHA-256 of a certificate's DER, the form of tls_conf.pin. 0 or -EINVAL. */

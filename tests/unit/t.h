@@ -14,7 +14,7 @@ static int t_count, t_failures, t_cur_failed;
 static char t_skip_reason[256];
 
 static inline void t_fail(const char *file, int line, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static inline void t_fail(const char *file, int line, const char *fmt, ...)
 {
 	va_list ap;

@@ -6,16 +6,20 @@
 
 static void round_trip_agent(void)
 {
-	struct ident a = {.tenant = "acme", .role = MT_ROLE_AGENT, .id = "laptop-7",
-			  .user = "alice@acme.example", .has_device = true}, b;
+	struct ident a = {.tenant = "acme",
+	                  .role = MT_ROLE_AGENT,
+	                  .id = "laptop-7",
+	                  .user = "alice@acme.example",
+	                  .has_device = true},
+		     b;
 	char uri[IDENT_URI_MAX];
 	const char *why = NULL;
 
 	for (int i = 0; i < IDENT_DEVICE_LEN; i++)
 		a.device[i] = (uint8_t)(i * 7);
 	T_REQUIRE(ident_format(&a, uri, sizeof(uri)) == 0);
-	T_CHECK(strncmp(uri, "mtun://acme/agent/laptop-7?user=alice@acme.example&device=0007", 62) ==
-		0);
+	T_CHECK(strncmp(uri, "mtun://acme/agent/laptop-7?user=alice@acme.example&device=0007",
+	                62) == 0);
 	T_REQUIRE(ident_parse(uri, strlen(uri), &b, &why) == 0);
 	T_STREQ(b.tenant, "acme");
 	T_EQ(b.role, MT_ROLE_AGENT);
@@ -39,21 +43,21 @@ static void round_trip_connector(void)
 static void rejects_malformed(void)
 {
 	static const char *const bad[] = {
-		"",
-		"http://acme/agent/x",
-		"mtun://Acme/broker/x",		/* uppercase tenant */
-		"mtun://-acme/broker/x",	/* leading hyphen */
-		"mtun://acme/wizard/x",		/* unknown role */
-		"mtun://acme/broker/",		/* empty id */
-		"mtun://acme/broker/x/y",	/* extra segment */
-		"mtun://acme/broker/a%20b",	/* percent-encoding refused */
-		"mtun://acme/agent/x",		/* agent without user/device */
-		"mtun://acme/agent/x?user=al ice&device=00",
-		"mtun://acme/agent/x?user=a&device=0011",	/* short device */
-		"mtun://acme/broker/x?colour=blue",
-		"mtun://acme/connector/c?user=alice",	/* user on a non-agent (found by fuzzing) */
-		"mtun://acme/broker/x?user",
-		"mtun://acme",
+	    "",
+	    "http://acme/agent/x",
+	    "mtun://Acme/broker/x",     /* uppercase tenant */
+	    "mtun://-acme/broker/x",    /* leading hyphen */
+	    "mtun://acme/wizard/x",     /* unknown role */
+	    "mtun://acme/broker/",      /* empty id */
+	    "mtun://acme/broker/x/y",   /* extra segment */
+	    "mtun://acme/broker/a%20b", /* percent-encoding refused */
+	    "mtun://acme/agent/x",      /* agent without user/device */
+	    "mtun://acme/agent/x?user=al ice&device=00",
+	    "mtun://acme/agent/x?user=a&device=0011", /* short device */
+	    "mtun://acme/broker/x?colour=blue",
+	    "mtun://acme/connector/c?user=alice", /* user on a non-agent (found by fuzzing) */
+	    "mtun://acme/broker/x?user",
+	    "mtun://acme",
 	};
 	struct ident id;
 

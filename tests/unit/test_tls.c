@@ -28,7 +28,7 @@
 static struct pki_cert root, inter, other_root, other_inter;
 static struct pki_cert broker, agent, conn_leaf, globex, stranger, expired, no_uri, two_uris,
     bad_uri, ca_leaf;
-static STACK_OF(X509) * anchors, *chain, *other_chain;
+static STACK_OF(X509) *anchors, *chain, *other_chain;
 
 static int make_leaf(const struct pki_cert *issuer, const char *uri, struct pki_cert *out)
 {
@@ -385,7 +385,7 @@ static void test_refuse_client_without_cert(void)
 }
 
 /* An enrollment server (the CA) and a client holding only a pin. */
-static int pin_pair(struct pair *p, const uint8_t *pin, STACK_OF(X509) * sent)
+static int pin_pair(struct pair *p, const uint8_t *pin, STACK_OF(X509) *sent)
 {
 	struct tls_conf s = {.server = true,
 	                     .mode = TLS_SERVER_AUTH,
