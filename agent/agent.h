@@ -1,0 +1,148 @@
+/* mtun-agent's internal header: prototypes grouped by the file that defines them. */
+#ifndef MTUN_AGENT_H
+#define MTUN_AGENT_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "segment.h"
+
+/* pool.c */
+
+/*
+ * The synthetic address pool: a name answered by the DNS stub gets an address from the
+ * range, stable while in use, freed after its TTL plus a grace time once no connection
+ * holds it. Times are a caller-supplied monotonic clock in milliseconds.
+ */
+#define POOL_DEFAULT_NET       0x64400000U /* 100.64.0.0, host order */
+#define POOL_DEFAULT_PREFIX    10
+#define POOL_DEFAULT_GRACE_MS  60000
+#define POOL_DEFAULT_MAX_NAMES 65536
+#define POOL_MIN_PREFIX        8  /* refuse larger ranges */
+#define POOL_MAX_PREFIX        24 /* refuse smaller ranges */
+
+struct pool_config {
+	struct in_addr net;   /* network byte order, masked to prefix */
+	unsigned prefix;      /* POOL_MIN_PREFIX..POOL_MAX_PREFIX */
+	uint32_t grace_ms;    /* kept this long after the TTL, and after the last release */
+	uint32_t max_names;   /* live names at most; capped at the usable addresses */
+	bool v6;              /* also map each address into net6/96 for AAAA */
+	struct in6_addr net6; /* the /96; the low 32 bits are the IPv4 address */
+};
+
+struct pool;
+
+void pool_config_default(struct pool_config *cfg);
+/*
+ * -EINVAL with *why when the range is not inside 100.64.0.0/10, 198.18.0.0/15, 10/8,
+ * 172.16/12 or 192.168/16, or is smaller than a /24 or larger than a /8.
+ */
+int pool_new(const struct pool_config *cfg, struct pool **out, const char **why);
+void pool_free(struct pool *pool);
+/* A live name (its TTL not yet over): 0 with its address and seconds of TTL left. */
+int pool_find(const struct pool *pool, const char *name, uint64_t now, struct in_addr *addr,
+              uint32_t *ttl_left);
+/*
+ * The name's address, allocated if it has none, its TTL restarted: 0, or -ENOSPC when
+ * every address is taken by a live or held name.
+ */
+int pool_assign(struct pool *pool, const char *name, uint32_t ttl_s, uint64_t now,
+                struct in_addr *addr);
+/* The name an address stands for: 0, -ENOENT, or -ENOSPC (size too small). */
+int pool_lookup_addr(const struct pool *pool, struct in_addr addr, char *name, size_t size);
+/* A connection holds the address: it is not freed, nor reused, until released. */
+int pool_hold(struct pool *pool, struct in_addr addr);
+/* 0, -ENOENT (no such address) or -EINVAL (not held). */
+int pool_release(struct pool *pool, struct in_addr addr, uint64_t now);
+/* Frees the names past TTL + grace with no holds; returns how many. */
+size_t pool_expire(struct pool *pool, uint64_t now);
+size_t pool_count(const struct pool *pool);
+size_t pool_capacity(const struct pool *pool);
+bool pool_contains(const struct pool *pool, struct in_addr addr);
+/* IPv6 mapping: -EOPNOTSUPP without v6; to_v4 gives -ENOENT outside the /96. */
+int pool_addr6(const struct pool *pool, struct in_addr addr, struct in6_addr *out);
+int pool_addr6_to_v4(const struct pool *pool, const struct in6_addr *addr6, struct in_addr *out);
+
+/* dns.c */
+
+/*
+ * The DNS stub, sans I/O: the agent's loop hands it datagrams (or TCP messages without
+ * their length prefix) and does what the result says. See docs/dns.md.
+ */
+#define DNS_MSG_MAX             65535
+#define DNS_DEFAULT_MAX_PENDING 1024
+#define DNS_DEFAULT_TIMEOUT_MS  5000
+#define DNS_DEFAULT_ANSWER_TTL  10 /* seconds, the cap on a synthetic answer's TTL */
+#define DNS_SEARCH_MAX          8
+#define DNS_QUERY_TCP           (1U << 0)
+
+enum dns_action {
+	DNS_DROP = 0, /* nothing to send */
+	DNS_ANSWER,   /* send out[0..len) to res->peer (the client) */
+	DNS_RESOLVE,  /* ask the broker about res->name, then call dns_stub_resolved(token) */
+	DNS_FORWARD,  /* send out[0..len) to res->peer (the original resolver) */
+};
+
+enum dns_resolve_status {
+	DNS_RESOLVED_OK = 0,   /* resolvable and allowed: answer from the pool */
+	DNS_RESOLVED_NXDOMAIN, /* denied, or no connector can resolve it */
+	DNS_RESOLVED_FAIL,     /* the broker could not be asked: SERVFAIL */
+};
+
+struct dns_result {
+	enum dns_action action;
+	size_t len;                   /* ANSWER, FORWARD: bytes in out */
+	struct sockaddr_storage peer; /* ANSWER: the client; FORWARD: the upstream resolver */
+	socklen_t peer_len;
+	bool tcp;                    /* the transport the client used, to use upstream too */
+	int rcode;                   /* ANSWER: the reply's rcode */
+	uint64_t token;              /* RESOLVE */
+	char name[SEG_NAME_MAX + 1]; /* RESOLVE: the canonical name to ask the broker */
+};
+
+struct dns_stub_config {
+	const struct segset *segs; /* the forwarding set; not owned, must outlive the stub */
+	struct pool *pool;         /* not owned */
+	const char *search[DNS_SEARCH_MAX]; /* search domains, in order */
+	size_t nsearch;
+	struct sockaddr_storage upstream; /* the original resolver */
+	socklen_t upstream_len;
+	uint32_t max_pending;
+	uint32_t timeout_ms;
+	uint32_t answer_ttl;
+};
+
+struct dns_stub;
+
+void dns_stub_config_default(struct dns_stub_config *cfg);
+int dns_stub_new(const struct dns_stub_config *cfg, struct dns_stub **out);
+void dns_stub_free(struct dns_stub *stub);
+/* A new forwarding set (the old one may be freed after this returns). */
+int dns_stub_set_segments(struct dns_stub *stub, const struct segset *segs);
+
+/*
+ * A query from client; flags DNS_QUERY_TCP. 0 with *res filled, or -ENOSPC when out
+ * (outsize bytes; DNS_MSG_MAX is always enough) cannot hold the reply, -ENOMEM.
+ */
+int dns_stub_query(struct dns_stub *stub, const uint8_t *pkt, size_t len,
+                   const struct sockaddr *client, socklen_t client_len, unsigned flags,
+                   uint64_t now, uint8_t *out, size_t outsize, struct dns_result *res);
+/* The broker's answer for a RESOLVE: ANSWER, or -ENOENT for an unknown or expired token. */
+int dns_stub_resolved(struct dns_stub *stub, uint64_t token, enum dns_resolve_status status,
+                      uint32_t ttl_s, uint64_t now, uint8_t *out, size_t outsize,
+                      struct dns_result *res);
+/* A reply from the upstream resolver: ANSWER to its client, or DROP if it matches nothing. */
+int dns_stub_upstream_reply(struct dns_stub *stub, const uint8_t *pkt, size_t len,
+                            const struct sockaddr *from, socklen_t from_len, uint8_t *out,
+                            size_t outsize, struct dns_result *res);
+/* One query past its deadline answered SERVFAIL per call; DROP when none is left. */
+int dns_stub_timer(struct dns_stub *stub, uint64_t now, uint8_t *out, size_t outsize,
+                   struct dns_result *res);
+/* The earliest pending deadline, or 0 when nothing is pending. */
+uint64_t dns_stub_next_deadline(const struct dns_stub *stub);
+size_t dns_stub_pending(const struct dns_stub *stub);
+
+#endif
