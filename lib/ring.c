@@ -159,6 +159,8 @@ static struct ring_op *op_get(struct ring *r, uint8_t kind, int fd, void *arg)
 	op->backoff = op->waitbuf = op->queued = false;
 	op->fd = fd;
 	op->arg = arg;
+	/* A reused slot keeps its last kind's state: a close must not see a send's bytes. */
+	memset(&op->u, 0, sizeof(op->u));
 	memset(&op->cb, 0, sizeof(op->cb));
 	return op;
 }
