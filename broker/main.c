@@ -27,7 +27,8 @@ static const struct {
     {"enroll", cmd_enroll,
      "--ca HOST:PORT --ca-fingerprint sha256:HEX --token TOKEN [--state DIR] [--id ID] "
      "[--inspector]"},
-    {"renew", cmd_renew, "renew the certificate over mTLS when due [--state DIR] [--force]"},
+    {"renew", cmd_renew,
+     "renew over mTLS when due [--state DIR] [--force] [--watch: keep renewing]"},
     {"help", cmd_help, "show this help"},
 };
 

@@ -1,0 +1,358 @@
+/* mtunctl: the admin CLI. Until the admin API exists it speaks to mtun-ca's local socket. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "enroll.h"
+#include "log.h"
+
+#define CTL_SOCKET_DEFAULT "/run/mtun/ca.sock"
+#define CTL_SOCKET_ENV     "MTUN_CA_ADMIN"
+
+struct ctl_args {
+	const char *socket, *tenant, *role, *user, *groups, *serial, *out;
+	uint64_t ttl;
+	bool der;
+	int argc;
+	char **argv; /* positional arguments */
+};
+
+static int ctl_parse_ttl(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v = strtoull(s, &end, 10);
+	uint64_t mul = 1;
+
+	if (end == s)
+		return -EINVAL;
+	if (*end == 'm')
+		mul = 60;
+	else if (*end == 'h')
+		mul = 3600;
+	else if (*end == 'd')
+		mul = 86400;
+	else if (*end && *end != 's')
+		return -EINVAL;
+	if (*end && end[1])
+		return -EINVAL;
+	if (v > UINT32_MAX)
+		return -ERANGE;
+	*out = v * mul;
+	return 0;
+}
+
+static int ctl_parse(int argc, char **argv, struct ctl_args *a)
+{
+	static const struct option opts[] = {
+	    {"socket", required_argument, NULL, 'S'}, {"tenant", required_argument, NULL, 't'},
+	    {"role", required_argument, NULL, 'r'},   {"user", required_argument, NULL, 'u'},
+	    {"groups", required_argument, NULL, 'g'}, {"ttl", required_argument, NULL, 'T'},
+	    {"serial", required_argument, NULL, 's'}, {"out", required_argument, NULL, 'o'},
+	    {"der", no_argument, NULL, 'd'},          {NULL, 0, NULL, 0},
+	};
+	int c;
+
+	memset(a, 0, sizeof(*a));
+	a->socket = getenv(CTL_SOCKET_ENV) ? getenv(CTL_SOCKET_ENV) : CTL_SOCKET_DEFAULT;
+	a->ttl = 3600;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'S':
+			a->socket = optarg;
+			break;
+		case 't':
+			a->tenant = optarg;
+			break;
+		case 'r':
+			a->role = optarg;
+			break;
+		case 'u':
+			a->user = optarg;
+			break;
+		case 'g':
+			a->groups = optarg;
+			break;
+		case 'T':
+			if (ctl_parse_ttl(optarg, &a->ttl)) {
+				log_warnx("--ttl: a number with s, m, h or d (e.g. 1h)");
+				return -EINVAL;
+			}
+			break;
+		case 's':
+			a->serial = optarg;
+			break;
+		case 'o':
+			a->out = optarg;
+			break;
+		case 'd':
+			a->der = true;
+			break;
+		default:
+			return -EINVAL;
+		}
+	}
+	a->argc = argc - optind;
+	a->argv = argv + optind;
+	if (!a->tenant) {
+		log_warnx("--tenant is required");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int ctl_io(int fd, void *buf, size_t len, bool wr)
+{
+	uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = wr ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n == 0 ? -ECONNRESET : -errno;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Sends b to the CA's admin socket; *resp holds the answer, m points into it. */
+static int ctl_call(const char *path, struct enroll_buf *b, uint8_t **resp, struct enroll_msg *m)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	uint8_t hdr[ENROLL_HDR_LEN];
+	char msg[513] = "";
+	uint32_t body;
+	int fd, ret;
+
+	*resp = NULL;
+	if (strlen(path) >= sizeof(sun.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sun.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		ret = -errno;
+		log_warn("cannot reach mtun-ca at %s", path);
+		goto out;
+	}
+	ret = ctl_io(fd, b->p, b->len, true);
+	if (!ret)
+		ret = ctl_io(fd, hdr, sizeof(hdr), false);
+	if (!ret)
+		ret = enroll_hdr_parse(hdr, ENROLL_MSG_MAX, &body);
+	if (ret) {
+		log_warnx("no valid answer from mtun-ca: %s", strerror(-ret));
+		goto out;
+	}
+	*resp = malloc(sizeof(hdr) + body);
+	if (!*resp) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	memcpy(*resp, hdr, sizeof(hdr));
+	ret = ctl_io(fd, *resp + sizeof(hdr), body, false);
+	if (!ret)
+		ret = enroll_msg_parse(*resp, sizeof(hdr) + body, ENROLL_MSG_MAX, m);
+	if (!ret && (m->type != ENROLL_T_RESPONSE || !enroll_msg_has(m, ET_STATUS)))
+		ret = -EBADMSG;
+	if (ret) {
+		log_warnx("no valid answer from mtun-ca: %s", strerror(-ret));
+		goto out;
+	}
+	if (m->v[ET_STATUS].p[0] || m->v[ET_STATUS].p[1]) {
+		enroll_msg_str(m, ET_MESSAGE, msg, sizeof(msg));
+		log_warnx("refused: %s", msg[0] ? msg : "(no reason given)");
+		ret = -EACCES;
+	}
+out:
+	if (ret) {
+		free(*resp);
+		*resp = NULL;
+	}
+	close(fd);
+	return ret;
+}
+
+static int cmd_token(int argc, char **argv)
+{
+	struct ctl_args a;
+	struct enroll_buf b = {0};
+	struct enroll_msg m;
+	uint8_t *resp = NULL;
+	char tok[256];
+	bool list;
+	int ret;
+
+	if (argc < 2 || (strcmp(argv[1], "create") != 0 && strcmp(argv[1], "list") != 0)) {
+		log_warnx("usage: mtunctl token create|list --tenant T ...");
+		return -EINVAL;
+	}
+	list = strcmp(argv[1], "list") == 0;
+	ret = ctl_parse(argc - 1, argv + 1, &a);
+	if (ret)
+		return ret;
+	if (!list && !a.role) {
+		log_warnx("token create needs --role agent|connector|broker|inspector|admin");
+		return -EINVAL;
+	}
+	ret = enroll_buf_init(&b, list ? ENROLL_T_TOKEN_LIST : ENROLL_T_TOKEN_CREATE);
+	if (!ret)
+		ret = enroll_buf_put_str(&b, ET_TENANT, a.tenant);
+	if (!ret && !list) {
+		ret = enroll_buf_put_str(&b, ET_ROLE, a.role);
+		if (!ret && a.user)
+			ret = enroll_buf_put_str(&b, ET_USER, a.user);
+		if (!ret && a.groups)
+			ret = enroll_buf_put_str(&b, ET_GROUPS, a.groups);
+		if (!ret)
+			ret = enroll_buf_put_u64(&b, ET_TTL, a.ttl);
+	}
+	if (ret) {
+		log_warnx("argument too long or empty");
+		goto out;
+	}
+	ret = ctl_call(a.socket, &b, &resp, &m);
+	if (ret)
+		goto out;
+	if (list) {
+		if (enroll_msg_has(&m, ET_LIST))
+			fwrite(m.v[ET_LIST].p, 1, m.v[ET_LIST].len, stdout);
+	} else if (enroll_msg_str(&m, ET_TOKEN, tok, sizeof(tok)) == 0) {
+		printf("%s\n", tok);
+		OPENSSL_cleanse(tok, sizeof(tok));
+	} else {
+		ret = -EBADMSG;
+	}
+out:
+	free(resp);
+	enroll_buf_free(&b);
+	return ret;
+}
+
+static int ctl_write_crl(const struct ctl_args *a, const struct enroll_msg *m)
+{
+	const uint8_t *p;
+	X509_CRL *crl;
+	BIO *bio;
+	int ret = -EBADMSG;
+
+	if (!enroll_msg_has(m, ET_CRL))
+		return -EBADMSG;
+	p = m->v[ET_CRL].p;
+	crl = d2i_X509_CRL(NULL, &p, m->v[ET_CRL].len);
+	if (!crl)
+		return -EBADMSG;
+	bio = a->out ? BIO_new_file(a->out, "w") : BIO_new_fp(stdout, BIO_NOCLOSE);
+	if (bio && (a->der ? i2d_X509_CRL_bio(bio, crl) : PEM_write_bio_X509_CRL(bio, crl)))
+		ret = 0;
+	BIO_free(bio);
+	X509_CRL_free(crl);
+	return ret;
+}
+
+static int cmd_revoke(int argc, char **argv)
+{
+	struct ctl_args a;
+	struct enroll_buf b = {0};
+	struct enroll_msg m;
+	uint8_t *resp = NULL;
+	char msg[513] = "";
+	int ret;
+
+	ret = ctl_parse(argc, argv, &a);
+	if (ret)
+		return ret;
+	if ((a.argc == 1) == !!a.serial || a.argc > 1) {
+		log_warnx("usage: mtunctl revoke --tenant T ROLE/ID | --serial HEX");
+		return -EINVAL;
+	}
+	ret = enroll_buf_init(&b, ENROLL_T_REVOKE);
+	if (!ret)
+		ret = enroll_buf_put_str(&b, ET_TENANT, a.tenant);
+	if (!ret)
+		ret = a.serial ? enroll_buf_put_str(&b, ET_SERIAL, a.serial)
+		               : enroll_buf_put_str(&b, ET_ID, a.argv[0]);
+	if (!ret)
+		ret = ctl_call(a.socket, &b, &resp, &m);
+	if (!ret) {
+		enroll_msg_str(&m, ET_MESSAGE, msg, sizeof(msg));
+		fprintf(stderr, "%s\n", msg);
+		if (a.out)
+			ret = ctl_write_crl(&a, &m);
+	}
+	free(resp);
+	enroll_buf_free(&b);
+	return ret;
+}
+
+static int cmd_crl(int argc, char **argv)
+{
+	struct ctl_args a;
+	struct enroll_buf b = {0};
+	struct enroll_msg m;
+	uint8_t *resp = NULL;
+	int ret;
+
+	ret = ctl_parse(argc, argv, &a);
+	if (ret)
+		return ret;
+	ret = enroll_buf_init(&b, ENROLL_T_CRL_ADMIN);
+	if (!ret)
+		ret = enroll_buf_put_str(&b, ET_TENANT, a.tenant);
+	if (!ret)
+		ret = ctl_call(a.socket, &b, &resp, &m);
+	if (!ret)
+		ret = ctl_write_crl(&a, &m);
+	free(resp);
+	enroll_buf_free(&b);
+	return ret;
+}
+
+static int cmd_help(int argc, char **argv);
+
+static const struct {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *help;
+} cmds[] = {
+    {"token", cmd_token,
+     "create --tenant T --role R [--user U --groups G1,G2] [--ttl 1h] | list --tenant T"},
+    {"revoke", cmd_revoke, "--tenant T ROLE/ID | --serial HEX [--out CRL.pem]"},
+    {"crl", cmd_crl, "--tenant T [--out FILE] [--der]: the tenant's current CRL"},
+    {"help", cmd_help, "show this help"},
+};
+
+static int cmd_help(int argc, char **argv)
+{
+	printf("Usage: mtunctl COMMAND [--socket PATH] ...   (socket: $%s, default %s)\n\n",
+	       CTL_SOCKET_ENV, CTL_SOCKET_DEFAULT);
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		printf("  %-8s %s\n", cmds[i].name, cmds[i].help);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	log_init("mtunctl", LOG_LVL_INFO);
+	if (argc < 2) {
+		cmd_help(0, NULL);
+		return 1;
+	}
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (strcmp(argv[1], cmds[i].name) == 0)
+			return cmds[i].fn(argc - 1, argv + 1) ? 1 : 0;
+	log_warnx("unknown command '%s' (try mtunctl help)", argv[1]);
+	return 1;
+}
