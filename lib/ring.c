@@ -33,6 +33,7 @@ enum ring_op_kind {
 	OP_RECV,
 	OP_SEND,
 	OP_CONNECT,
+	OP_POLL,
 	OP_CANCEL,
 	OP_CLOSE,
 	OP_TIMER,
@@ -59,6 +60,7 @@ struct ring_op {
 		ring_accept_fn *accept;
 		ring_recv_fn *recv;
 		ring_timer_fn *timer;
+		ring_poll_fn *poll;
 	} cb;
 	union {
 		struct __kernel_timespec ts; /* timer, accept backoff */
@@ -72,6 +74,10 @@ struct ring_op {
 			struct sockaddr_storage ss;
 			socklen_t len;
 		} conn;
+		struct {
+			unsigned events;
+			bool multishot;
+		} poll;
 		struct {
 			bool kernel_done; /* the ASYNC_CANCEL completed */
 			bool closing;     /* close: the close itself is in flight */
@@ -518,6 +524,56 @@ static void on_poll(struct ring *r, struct ring_op *op, int res, unsigned flags)
 		log_warnx("ring: cannot re-arm internal poll on fd %d", op->fd);
 }
 
+static int fdpoll_arm(struct ring *r, struct ring_op *op)
+{
+	struct io_uring_sqe *sqe = ring_sqe(r);
+
+	if (!sqe)
+		return -EBUSY;
+	if (op->u.poll.multishot)
+		io_uring_prep_poll_multishot(sqe, op->fd, op->u.poll.events);
+	else
+		io_uring_prep_poll_add(sqe, op->fd, op->u.poll.events);
+	io_uring_sqe_set_data(sqe, op);
+	op->inflight = true;
+	return 0;
+}
+
+static void on_fdpoll(struct ring *r, struct ring_op *op, int res, unsigned flags)
+{
+	bool more = flags & IORING_CQE_F_MORE;
+	ring_poll_fn *cb = op->cb.poll;
+	void *arg = op->arg;
+
+	if (!more)
+		op->inflight = false;
+	if (op->cancelled || op->dead) {
+		if (!more)
+			op_retire(r, op, true);
+		return;
+	}
+	if (res < 0 || !op->u.poll.multishot) {
+		if (more)
+			op->dead = true;
+		else
+			op_retire(r, op, true);
+		cb(r, res, arg);
+		return;
+	}
+	cb(r, res, arg);
+	if (more)
+		return;
+	if (op->cancelled) {
+		op_retire(r, op, true);
+		return;
+	}
+	/* The kernel ended the multishot without an error (e.g. CQ overflow): go on. */
+	if (fdpoll_arm(r, op) < 0) {
+		op_retire(r, op, true);
+		cb(r, -EBUSY, arg);
+	}
+}
+
 static void on_accept(struct ring *r, struct ring_op *op, int res, unsigned flags)
 {
 	bool more = flags & IORING_CQE_F_MORE;
@@ -684,6 +740,9 @@ static void dispatch(struct ring *r, struct ring_op *op, int res, unsigned flags
 			done(r, res, arg);
 		break;
 	}
+	case OP_POLL:
+		on_fdpoll(r, op, res, flags);
+		break;
 	case OP_CANCEL:
 		op->inflight = false;
 		op->u.cancel.kernel_done = true;
@@ -1108,6 +1167,26 @@ int ring_connect(struct ring *r, int fd, const struct sockaddr *sa, socklen_t sa
 	io_uring_sqe_set_data(sqe, op);
 	op->inflight = true;
 	return 0;
+}
+
+int ring_poll_add(struct ring *r, int fd, unsigned events, bool multishot, ring_poll_fn *cb,
+                  void *arg)
+{
+	struct ring_op *op;
+	int err;
+
+	if (!cb || events == 0 || events > 0xffff)
+		return -EINVAL;
+	err = op_new_fd(r, OP_POLL, fd, arg, &op);
+	if (err < 0)
+		return err;
+	op->cb.poll = cb;
+	op->u.poll.events = events;
+	op->u.poll.multishot = multishot;
+	err = fdpoll_arm(r, op);
+	if (err < 0)
+		op_retire(r, op, false);
+	return err;
 }
 
 static int cancel_start(struct ring *r, int fd, uint8_t kind, ring_done_fn *cb, void *arg)

@@ -5,6 +5,7 @@
 #ifndef MTUN_RING_H
 #define MTUN_RING_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -53,6 +54,10 @@ typedef void ring_accept_fn(struct ring *ring, int fd, void *arg);
 /* res > 0: res bytes at ptr, in buffer bid of the group, owned by the callee until released.
  * res == 0: EOF; res < 0: -errno. After EOF or an error the receive is over. */
 typedef void ring_recv_fn(struct ring *ring, int res, void *ptr, unsigned bid, void *arg);
+/* res > 0: the ready events (POLLIN, POLLOUT, POLLERR, POLLHUP ...); res < 0: -errno and
+ * the poll is over. A one-shot poll calls back once; a multishot poll on every wake-up
+ * of the fd (edge-like: drain the fd each time) until an error or a cancel. */
+typedef void ring_poll_fn(struct ring *ring, int res, void *arg);
 typedef void ring_timer_fn(struct ring *ring, void *arg);
 typedef void ring_signal_fn(struct ring *ring, const struct signalfd_siginfo *si, void *arg);
 /* Runs on the ring's thread: the wake callback, and each posted message. */
@@ -106,6 +111,11 @@ int ring_sendv(struct ring *ring, int fd, const struct iovec *iov, int iovcnt, r
                void *arg);
 int ring_connect(struct ring *ring, int fd, const struct sockaddr *sa, socklen_t salen,
                  ring_done_fn *cb, void *arg);
+/* Readiness of fd for events (POLLIN, POLLOUT, ...), for sockets others read and write
+ * themselves (a resolver library). Several polls may watch one fd; ring_cancel_fd and
+ * ring_close end them all with the guarantee above. */
+int ring_poll_add(struct ring *ring, int fd, unsigned events, bool multishot, ring_poll_fn *cb,
+                  void *arg);
 /* Cancels every operation on fd (see the guarantee above); cb (may be NULL) gets 0. */
 int ring_cancel_fd(struct ring *ring, int fd, ring_done_fn *cb, void *arg);
 /* Cancels as ring_cancel_fd, then closes fd; cb (may be NULL) gets close's result.

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -1093,6 +1094,149 @@ static void test_bad_arguments(void)
 	ring_free(NULL);
 }
 
+struct poll_case {
+	int rfd, wfd;
+	int calls, last, writes, stop_at;
+	int cancel_calls;
+};
+
+static void poll_once_cb(struct ring *ring, int res, void *arg)
+{
+	struct poll_case *pc = arg;
+
+	pc->calls++;
+	pc->last = res;
+	ring_stop(ring);
+}
+
+static void test_poll_pipe_readiness(void)
+{
+	struct ring *ring = ring_with_guard(3000);
+	struct poll_case pc = {0};
+	int p[2];
+
+	T_REQUIRE(ring);
+	T_REQUIRE(pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0);
+	T_REQUIRE(ring_poll_add(ring, p[0], POLLIN, false, poll_once_cb, &pc) == 0);
+	/* Nothing to read yet: the poll waits until the write a timer does. */
+	T_REQUIRE(ring_timer_add(ring, 20 * MS, stop_cb, NULL, NULL) == 0);
+	T_EQ(ring_run(ring), 0);
+	T_EQ(pc.calls, 0);
+	T_REQUIRE(write(p[1], "x", 1) == 1);
+	T_EQ(ring_run(ring), 0);
+	T_CHECK(!guard_fired);
+	T_EQ(pc.calls, 1);
+	T_CHECK(pc.last > 0 && (pc.last & POLLIN));
+	/* One-shot: more data does not call back again. */
+	T_REQUIRE(write(p[1], "y", 1) == 1);
+	T_REQUIRE(ring_timer_add(ring, 20 * MS, stop_cb, NULL, NULL) == 0);
+	T_EQ(ring_run(ring), 0);
+	T_EQ(pc.calls, 1);
+	/* The write end of an empty pipe is writable at once. */
+	pc.calls = 0;
+	T_REQUIRE(ring_poll_add(ring, p[1], POLLOUT, false, poll_once_cb, &pc) == 0);
+	T_EQ(ring_run(ring), 0);
+	T_EQ(pc.calls, 1);
+	T_CHECK(pc.last & POLLOUT);
+	T_EQ(ring_poll_add(ring, p[0], 0, false, poll_once_cb, &pc), -EINVAL);
+	T_EQ(ring_poll_add(ring, -1, POLLIN, false, poll_once_cb, &pc), -EBADF);
+	close(p[0]);
+	close(p[1]);
+	ring_free(ring);
+}
+
+static void poll_multi_cb(struct ring *ring, int res, void *arg)
+{
+	struct poll_case *pc = arg;
+	char buf[16];
+
+	pc->calls++;
+	pc->last = res;
+	if (res < 0) {
+		ring_stop(ring);
+		return;
+	}
+	while (read(pc->rfd, buf, sizeof(buf)) > 0)
+		;
+	if (pc->calls >= pc->stop_at) {
+		ring_stop(ring);
+		return;
+	}
+	T_REQUIRE(write(pc->wfd, "z", 1) == 1);
+}
+
+static void test_poll_multishot(void)
+{
+	struct ring *ring = ring_with_guard(3000);
+	struct poll_case pc = {0};
+	int p[2];
+
+	T_REQUIRE(ring);
+	T_REQUIRE(pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0);
+	pc.rfd = p[0];
+	pc.wfd = p[1];
+	pc.stop_at = 5;
+	T_REQUIRE(ring_poll_add(ring, p[0], POLLIN, true, poll_multi_cb, &pc) == 0);
+	T_REQUIRE(write(p[1], "a", 1) == 1);
+	/* Each callback drains the pipe and writes once more: one callback per write. */
+	T_EQ(ring_run(ring), 0);
+	T_CHECK(!guard_fired);
+	T_EQ(pc.calls, 5);
+	T_CHECK(pc.last & POLLIN);
+	/* Still armed after the fifth: a sixth write calls back again. */
+	pc.stop_at = 6;
+	T_REQUIRE(write(p[1], "b", 1) == 1);
+	T_EQ(ring_run(ring), 0);
+	T_CHECK(!guard_fired);
+	T_EQ(pc.calls, 6);
+	close(p[0]);
+	close(p[1]);
+	ring_free(ring);
+}
+
+static void poll_cancel_done(struct ring *ring, int res, void *arg)
+{
+	struct poll_case *pc = arg;
+
+	pc->cancel_calls++;
+	pc->last = res;
+}
+
+static void test_poll_cancel(void)
+{
+	struct ring *ring = ring_with_guard(3000);
+	struct poll_case pc = {0};
+	int p[2];
+
+	T_REQUIRE(ring);
+	T_REQUIRE(pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0);
+	pc.rfd = p[0];
+	pc.wfd = p[1];
+	pc.stop_at = 100;
+	T_REQUIRE(ring_poll_add(ring, p[0], POLLIN, true, poll_multi_cb, &pc) == 0);
+	T_REQUIRE(ring_poll_add(ring, p[0], POLLIN, false, poll_once_cb, &pc) == 0);
+	T_REQUIRE(ring_cancel_fd(ring, p[0], poll_cancel_done, &pc) == 0);
+	/* Ready before the cancel is even submitted: still no callback. */
+	T_REQUIRE(write(p[1], "x", 1) == 1);
+	T_REQUIRE(ring_timer_add(ring, 50 * MS, stop_cb, NULL, NULL) == 0);
+	T_EQ(ring_run(ring), 0);
+	T_CHECK(!guard_fired);
+	T_EQ(pc.calls, 0);
+	T_EQ(pc.cancel_calls, 1);
+	T_EQ(pc.last, 0);
+	/* ring_close ends a poll the same way and closes the fd. */
+	T_REQUIRE(ring_poll_add(ring, p[1], POLLERR, false, poll_once_cb, &pc) == 0);
+	T_REQUIRE(ring_close(ring, p[1], on_closed, NULL) == 0);
+	close_calls = 0;
+	T_EQ(ring_run(ring), 0);
+	T_EQ(close_calls, 1);
+	T_EQ(close_res, 0);
+	T_EQ(pc.calls, 0);
+	T_CHECK(fcntl(p[1], F_GETFD) < 0);
+	close(p[0]);
+	ring_free(ring);
+}
+
 int main(void)
 {
 	log_init("test_ring", LOG_LVL_WARN);
@@ -1116,5 +1260,8 @@ int main(void)
 	T_RUN(test_post_in_order);
 	T_RUN(test_run_on_another_thread);
 	T_RUN(test_signalfd_sigusr1);
+	T_RUN(test_poll_pipe_readiness);
+	T_RUN(test_poll_multishot);
+	T_RUN(test_poll_cancel);
 	return t_done();
 }
