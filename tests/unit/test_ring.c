@@ -885,6 +885,46 @@ static void test_close_cancels_and_closes(void)
 	ring_free(ring);
 }
 
+/*
+ * A close that reuses the slot of a finished send must start from clean state: with
+ * the send's buffer pointer left in the slot, the close once reported success without
+ * closing the fd. The pointer's low bytes are made non-zero on purpose.
+ */
+static void on_sent_stop(struct ring *ring, int res, void *arg)
+{
+	*(int *)arg = res;
+	ring_stop(ring);
+}
+
+static void test_close_reusing_send_slot(void)
+{
+	struct ring *ring = ring_with_guard(3000);
+	unsigned char *base = aligned_alloc(65536, 131072);
+	int sv[2], other[2], sent = 0;
+
+	T_REQUIRE(ring && base);
+	T_REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	T_REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, other) == 0);
+	memset(base, 'x', 131072);
+	T_REQUIRE(ring_send(ring, sv[0], base + 0x0101, 1, on_sent_stop, &sent) == 0);
+	T_EQ(ring_run(ring), 0);
+	T_EQ(sent, 1);
+	close_calls = 0;
+	close_res = 1;
+	T_REQUIRE(ring_close(ring, other[1], on_closed, NULL) == 0);
+	T_EQ(ring_run(ring), 0);
+	T_CHECK(!guard_fired);
+	T_EQ(close_calls, 1);
+	T_EQ(close_res, 0);
+	errno = 0;
+	T_CHECK(fcntl(other[1], F_GETFD) == -1 && errno == EBADF);
+	close(sv[0]);
+	close(sv[1]);
+	close(other[0]);
+	ring_free(ring);
+	free(base);
+}
+
 /* ---- accept errors: reported, then re-armed after a pause, not at once ---- */
 
 static struct rlimit saved_nofile;
@@ -1254,6 +1294,7 @@ int main(void)
 	T_RUN(test_cancel_fd_stops_callbacks);
 	T_RUN(test_cancel_from_callback);
 	T_RUN(test_close_cancels_and_closes);
+	T_RUN(test_close_reusing_send_slot);
 	T_RUN(test_close_listener_lets_go);
 	T_RUN(test_bad_arguments);
 	T_RUN(test_wake_from_thread);
