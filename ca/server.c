@@ -916,21 +916,6 @@ static void ca_conn_run(struct ca_server *s, size_t i)
 	}
 }
 
-static int ca_fd_io(int fd, uint8_t *p, size_t len, bool wr)
-{
-	while (len > 0) {
-		ssize_t n = wr ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n == 0 ? -ECONNRESET : -errno;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* The admin socket: root, or the CA's own user, only (SO_PEERCRED). */
 static void ca_serve_admin(struct ca_server *s, int fd)
 {
@@ -948,7 +933,7 @@ static void ca_serve_admin(struct ca_server *s, int fd)
 		log_event(LOG_LVL_WARN, "admin.refused", "uid=%d", (int)cred.uid);
 		goto out;
 	}
-	ret = ca_fd_io(fd, hdr, sizeof(hdr), false);
+	ret = enroll_fd_io(fd, hdr, sizeof(hdr), false);
 	if (ret)
 		goto out;
 	ret = enroll_hdr_parse(hdr, ENROLL_REQ_MAX, &body);
@@ -957,7 +942,7 @@ static void ca_serve_admin(struct ca_server *s, int fd)
 		if (!req)
 			goto out;
 		memcpy(req, hdr, sizeof(hdr));
-		ret = ca_fd_io(fd, req + sizeof(hdr), body, false);
+		ret = enroll_fd_io(fd, req + sizeof(hdr), body, false);
 		if (ret)
 			goto out;
 		ret = ca_handle(s, CA_FROM_ADMIN, req, sizeof(hdr) + body, NULL, &resp, sub);
@@ -965,7 +950,7 @@ static void ca_serve_admin(struct ca_server *s, int fd)
 		ret = ca_handle(s, CA_FROM_ADMIN, hdr, sizeof(hdr), NULL, &resp, sub);
 	}
 	if (ret >= 0 && resp.p)
-		ca_fd_io(fd, resp.p, resp.len, true);
+		enroll_fd_io(fd, resp.p, resp.len, true);
 out:
 	enroll_buf_free(&resp);
 	free(req);

@@ -22,48 +22,6 @@
 
 #define SIGNER_TENANTS_MAX 1024
 
-static int signer_io(int fd, uint8_t *p, size_t len, bool wr)
-{
-	while (len > 0) {
-		ssize_t n = wr ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n == 0 ? -ECONNRESET : -errno;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* One framed message (lib/enroll.h format); *buf malloc'd, m points into it. */
-static int signer_recv(int fd, uint8_t **buf, struct enroll_msg *m)
-{
-	uint8_t hdr[ENROLL_HDR_LEN];
-	uint32_t body;
-	int ret;
-
-	*buf = NULL;
-	ret = signer_io(fd, hdr, sizeof(hdr), false);
-	if (!ret)
-		ret = enroll_hdr_parse(hdr, ENROLL_MSG_MAX, &body);
-	if (ret)
-		return ret;
-	*buf = malloc(sizeof(hdr) + body);
-	if (!*buf)
-		return -ENOMEM;
-	memcpy(*buf, hdr, sizeof(hdr));
-	ret = signer_io(fd, *buf + sizeof(hdr), body, false);
-	if (!ret)
-		ret = enroll_msg_parse(*buf, sizeof(hdr) + body, ENROLL_MSG_MAX, m);
-	if (ret) {
-		free(*buf);
-		*buf = NULL;
-	}
-	return ret;
-}
-
 /* ---- the child ---- */
 
 struct signer_state {
@@ -210,7 +168,7 @@ static noreturn void signer_main(int fd, const char *db_path, const struct ca_se
 		uint8_t *buf = NULL;
 		int ret;
 
-		ret = signer_recv(fd, &buf, &m);
+		ret = enroll_fd_recv(fd, ENROLL_MSG_MAX, &buf, NULL, &m);
 		if (ret == -ECONNRESET) {
 			code = 0; /* the serving process is gone */
 			break;
@@ -235,7 +193,7 @@ static noreturn void signer_main(int fd, const char *db_path, const struct ca_se
 		}
 		free(buf);
 		ERR_clear_error();
-		if (ret || signer_io(fd, resp.p, resp.len, true) != 0) {
+		if (ret || enroll_fd_io(fd, resp.p, resp.len, true) != 0) {
 			enroll_buf_free(&resp);
 			break;
 		}
@@ -290,10 +248,10 @@ void ca_signer_stop(struct ca_signer *sg)
 static int signer_call(struct ca_signer *sg, struct enroll_buf *b, uint8_t **buf,
                        struct enroll_msg *m)
 {
-	int ret = signer_io(sg->fd, b->p, b->len, true);
+	int ret = enroll_fd_io(sg->fd, b->p, b->len, true);
 
 	if (!ret)
-		ret = signer_recv(sg->fd, buf, m);
+		ret = enroll_fd_recv(sg->fd, ENROLL_MSG_MAX, buf, NULL, m);
 	if (ret) {
 		log_warnx("the signer process does not answer: %s", strerror(-ret));
 		return ret;

@@ -214,8 +214,11 @@ int enroll_msg_u64(const struct enroll_msg *m, enum enroll_tag tag, uint64_t *v)
 	return 0;
 }
 
-static int enroll_ssl_io(SSL *ssl, uint8_t *p, size_t len, bool wr)
+/* Reads or writes exactly len bytes over a blocking TLS connection (ctx is the SSL). */
+static int ssl_io(void *ctx, uint8_t *p, size_t len, bool wr)
 {
+	SSL *ssl = ctx;
+
 	while (len > 0) {
 		size_t done = 0;
 		int ok = wr ? SSL_write_ex(ssl, p, len, &done) : SSL_read_ex(ssl, p, len, &done);
@@ -232,19 +235,38 @@ static int enroll_ssl_io(SSL *ssl, uint8_t *p, size_t len, bool wr)
 	return 0;
 }
 
-int enroll_ssl_send(SSL *ssl, const struct enroll_buf *b)
+int enroll_fd_io(int fd, void *buf, size_t len, bool wr)
 {
-	return enroll_ssl_io(ssl, b->p, b->len, true);
+	uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = wr ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n == 0 ? -ECONNRESET : -errno;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
 }
 
-int enroll_ssl_recv(SSL *ssl, size_t max, uint8_t **out, size_t *len, struct enroll_msg *m)
+static int fd_io(void *ctx, uint8_t *p, size_t len, bool wr)
+{
+	return enroll_fd_io(*(int *)ctx, p, len, wr);
+}
+
+/* One framed message through io: the header, its checked length, then the body. */
+static int msg_recv(int (*io)(void *, uint8_t *, size_t, bool), void *ctx, size_t max,
+                    uint8_t **out, size_t *len, struct enroll_msg *m)
 {
 	uint8_t hdr[ENROLL_HDR_LEN], *buf;
 	uint32_t body;
 	int ret;
 
 	*out = NULL;
-	ret = enroll_ssl_io(ssl, hdr, sizeof(hdr), false);
+	ret = io(ctx, hdr, sizeof(hdr), false);
 	if (ret)
 		return ret;
 	ret = enroll_hdr_parse(hdr, max, &body);
@@ -254,7 +276,7 @@ int enroll_ssl_recv(SSL *ssl, size_t max, uint8_t **out, size_t *len, struct enr
 	if (!buf)
 		return -ENOMEM;
 	memcpy(buf, hdr, sizeof(hdr));
-	ret = enroll_ssl_io(ssl, buf + ENROLL_HDR_LEN, body, false);
+	ret = io(ctx, buf + ENROLL_HDR_LEN, body, false);
 	if (!ret)
 		ret = enroll_msg_parse(buf, ENROLL_HDR_LEN + (size_t)body, max, m);
 	if (ret) {
@@ -262,8 +284,24 @@ int enroll_ssl_recv(SSL *ssl, size_t max, uint8_t **out, size_t *len, struct enr
 		return ret;
 	}
 	*out = buf;
-	*len = ENROLL_HDR_LEN + (size_t)body;
+	if (len)
+		*len = ENROLL_HDR_LEN + (size_t)body;
 	return 0;
+}
+
+int enroll_ssl_send(SSL *ssl, const struct enroll_buf *b)
+{
+	return ssl_io(ssl, b->p, b->len, true);
+}
+
+int enroll_ssl_recv(SSL *ssl, size_t max, uint8_t **out, size_t *len, struct enroll_msg *m)
+{
+	return msg_recv(ssl_io, ssl, max, out, len, m);
+}
+
+int enroll_fd_recv(int fd, size_t max, uint8_t **out, size_t *len, struct enroll_msg *m)
+{
+	return msg_recv(fd_io, &fd, max, out, len, m);
 }
 
 int enroll_pin_of(X509 *cert, char out[8 + 64 + 1])

@@ -103,6 +103,9 @@ int enroll_msg_u64(const struct enroll_msg *m, enum enroll_tag tag, uint64_t *v)
 /* Message I/O over a blocking TLS connection; *buf is malloc'd and m points into it. */
 int enroll_ssl_send(SSL *ssl, const struct enroll_buf *b);
 int enroll_ssl_recv(SSL *ssl, size_t max, uint8_t **buf, size_t *len, struct enroll_msg *m);
+/* The same over a blocking socket (the admin socket, the signer's socketpair); len may be NULL. */
+int enroll_fd_io(int fd, void *buf, size_t len, bool wr);
+int enroll_fd_recv(int fd, size_t max, uint8_t **buf, size_t *len, struct enroll_msg *m);
 
 /* "sha256:" + 64 hex of SHA-256 over the DER of cert (the CA's TLS certificate). */
 int enroll_pin_of(X509 *cert, char out[8 + 64 + 1]);

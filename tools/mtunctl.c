@@ -109,30 +109,11 @@ static int ctl_parse(int argc, char **argv, struct ctl_args *a)
 	return 0;
 }
 
-static int ctl_io(int fd, void *buf, size_t len, bool wr)
-{
-	uint8_t *p = buf;
-
-	while (len > 0) {
-		ssize_t n = wr ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n == 0 ? -ECONNRESET : -errno;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* Sends b to the CA's admin socket; *resp holds the answer, m points into it. */
 static int ctl_call(const char *path, struct enroll_buf *b, uint8_t **resp, struct enroll_msg *m)
 {
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
-	uint8_t hdr[ENROLL_HDR_LEN];
 	char msg[513] = "";
-	uint32_t body;
 	int fd, ret;
 
 	*resp = NULL;
@@ -147,24 +128,9 @@ static int ctl_call(const char *path, struct enroll_buf *b, uint8_t **resp, stru
 		log_warn("cannot reach mtun-ca at %s", path);
 		goto out;
 	}
-	ret = ctl_io(fd, b->p, b->len, true);
+	ret = enroll_fd_io(fd, b->p, b->len, true);
 	if (!ret)
-		ret = ctl_io(fd, hdr, sizeof(hdr), false);
-	if (!ret)
-		ret = enroll_hdr_parse(hdr, ENROLL_MSG_MAX, &body);
-	if (ret) {
-		log_warnx("no valid answer from mtun-ca: %s", strerror(-ret));
-		goto out;
-	}
-	*resp = malloc(sizeof(hdr) + body);
-	if (!*resp) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	memcpy(*resp, hdr, sizeof(hdr));
-	ret = ctl_io(fd, *resp + sizeof(hdr), body, false);
-	if (!ret)
-		ret = enroll_msg_parse(*resp, sizeof(hdr) + body, ENROLL_MSG_MAX, m);
+		ret = enroll_fd_recv(fd, ENROLL_MSG_MAX, resp, NULL, m);
 	if (!ret && (m->type != ENROLL_T_RESPONSE || !enroll_msg_has(m, ET_STATUS)))
 		ret = -EBADMSG;
 	if (ret) {
