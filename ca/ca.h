@@ -231,7 +231,8 @@ struct ca_server {
 	size_t nsubs;
 	struct ca_conn conns[CA_CONNS_MAX];
 	size_t nconns;
-	time_t crl_check; /* next look for CRLs past half their validity */
+	time_t crl_check;   /* next look for CRLs past half their validity */
+	EVP_PKEY *wrap_pub; /* custody.c: inspection nodes' X25519 public key; NULL: off */
 };
 
 enum ca_origin {
@@ -254,3 +255,82 @@ int ca_handle(struct ca_server *s, enum ca_origin from, const uint8_t *req, size
               struct enroll_buf *resp, char sub_tenant[IDENT_TENANT_MAX + 1]);
 int ca_server_listen(struct ca_server *s, const char *addr, const char *admin_path);
 int ca_server_run(struct ca_server *s, volatile int *stop);
+
+/* custody.c: the tenants' inspection CA keys, wrapped to the inspection nodes (issue 7). */
+#include "envelope.h"
+
+#define CUSTODY_KEY_ID_LEN 32 /* hex of 16 random bytes */
+#define CUSTODY_PURPOSE    "mtun inspection CA key"
+#define CUSTODY_MARK_MAX   (8 + IDENT_TENANT_MAX)
+#define CUSTODY_NODE_MAX   (IDENT_TENANT_MAX + 1 + IDENT_ID_MAX)
+
+struct store;
+struct store *ca_db_store(struct ca_db *db); /* db.c */
+
+/* What a node is handed: the envelope, the intermediate, its chain (PEM). */
+struct custody_key {
+	char key_id[CUSTODY_KEY_ID_LEN + 1];
+	uint8_t *wrapped;
+	size_t wrapped_len;
+	char *cert_pem;
+	char *chain_pem; /* may be "" */
+};
+void custody_key_free(struct custody_key *k);
+
+/*
+ * A new key pair for tenant's inspection CA; the private key is wrapped to wrap_pub and
+ * zeroed at once; stored "pending" with its CSR (returned, PEM). rotate false refuses
+ * (-EEXIST) a tenant that has an active key; rotate true requires one (-ENOENT).
+ * expires: the certificate's wanted end (0: unset).
+ */
+int custody_csr(struct ca_db *db, EVP_PKEY *wrap_pub, const char *tenant, enum ca_key_alg alg,
+                int64_t expires, bool rotate, char key_id[CUSTODY_KEY_ID_LEN + 1], char **csr_pem,
+                size_t *csr_len);
+/*
+ * The signed certificate (first) and its chain for the pending key: public key must match,
+ * CA:TRUE pathlen:0 keyCertSign, valid at now, signed by the next certificate when given.
+ * Then it becomes active and any older key is deleted from the store and from every
+ * recorded backup; msg says what was done.
+ */
+int custody_import(struct ca_db *db, const char *tenant, const uint8_t *pem, size_t len, time_t now,
+                   char *msg, size_t msg_size, const char **why);
+/* One line per key (no secrets) of tenant, or of every tenant when NULL; malloc'd. */
+int custody_status(struct ca_db *db, const char *tenant, char **out);
+int custody_tenant_private(struct ca_db *db, const char *tenant, bool private_only);
+/* node "TENANT/ID" of an inspector; mark "public" or "private:TENANT". */
+int custody_node_mark(struct ca_db *db, const char *node, const char *mark, const char **why);
+/*
+ * An inspector asks for tenant's key: granted if it is marked private for tenant, or public
+ * and tenant is not private-only. Every request is audited and logged. -EPERM (why set)
+ * when refused, -ENOENT when tenant has no active key.
+ */
+int custody_handout(struct ca_db *db, const struct ident *peer, const char *tenant,
+                    struct custody_key *out, const char **why);
+/* A consistent copy of the store (VACUUM INTO path), recorded so rotation reaches it. */
+int custody_backup(struct ca_db *db, const char *path);
+/*
+ * Custody requests: admin socket (mtunctl inspection ...), and KEY_GET over mTLS from an
+ * inspector. They reuse lib/enroll.h's tags:
+ *   CSR, ROTATE  tenant, [role = key alg "p256"|"rsa2048"], [time = expires]
+ *                -> serial = key id, list = CSR PEM
+ *   IMPORT       tenant, chain = certificate then chain (PEM) -> message
+ *   STATUS       [tenant] -> list
+ *   TENANT       tenant, role = "private-only" | "shared"
+ *   NODE_MARK    tenant + id = the inspector, groups = "public" | "private:TENANT"
+ *   KEY_GET      tenant -> serial = key id, crl = the envelope, chain = certificate + chain
+ */
+enum custody_type {
+	CUSTODY_T_CSR = 24,
+	CUSTODY_T_ROTATE = 25,
+	CUSTODY_T_IMPORT = 26,
+	CUSTODY_T_STATUS = 27,
+	CUSTODY_T_TENANT = 28,
+	CUSTODY_T_NODE_MARK = 29,
+	CUSTODY_T_KEY_GET = 40,
+};
+/* server.c: answers one custody request (from says which ones it may make). */
+int ca_handle_custody(struct ca_server *s, enum ca_origin from, const struct enroll_msg *m,
+                      X509 *peer, struct enroll_buf *resp);
+
+/* Deletes from every recorded backup each inspection key the store no longer has; *n rewritten. */
+int custody_purge_backups(struct ca_db *db, int *n);

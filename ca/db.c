@@ -1,7 +1,7 @@
 /*
  * The CA's tables in the store (lib/store.h): tenants with their sealed keys, the CA's
  * TLS identity, token hashes, issued certificates, revocations, CRLs, request nonces and
- * the audit log. Schema version "ca" 1.
+ * the audit log. Schema version "ca" 1; 2 adds inspection key custody (custody.c).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -38,6 +38,19 @@ static const struct store_migration ca_migrations[] = {
      "CREATE TABLE nonce (nonce BLOB PRIMARY KEY, expires INTEGER NOT NULL);"
      "CREATE TABLE audit (ts INTEGER NOT NULL, event TEXT NOT NULL, tenant TEXT NOT NULL,"
      " detail TEXT NOT NULL)"},
+    {2, "inspection keys (wrapped), node marks, private-only tenants, hand-outs, backups",
+     "CREATE TABLE insp_key (key_id TEXT PRIMARY KEY, tenant TEXT NOT NULL,"
+     " state TEXT NOT NULL, wrapped BLOB NOT NULL, pub_der BLOB NOT NULL,"
+     " csr_pem TEXT NOT NULL, cert_pem TEXT, chain_pem TEXT, created INTEGER NOT NULL,"
+     " expires INTEGER NOT NULL);"
+     "CREATE INDEX insp_key_tenant ON insp_key (tenant, state);"
+     "CREATE TABLE insp_node (node TEXT PRIMARY KEY, mark TEXT NOT NULL,"
+     " updated INTEGER NOT NULL);"
+     "CREATE TABLE insp_tenant (tenant TEXT PRIMARY KEY, private_only INTEGER NOT NULL);"
+     "CREATE TABLE insp_handout (ts INTEGER NOT NULL, node TEXT NOT NULL,"
+     " tenant TEXT NOT NULL, key_id TEXT NOT NULL, granted INTEGER NOT NULL,"
+     " reason TEXT NOT NULL);"
+     "CREATE TABLE backup (path TEXT PRIMARY KEY, created INTEGER NOT NULL)"},
 };
 
 int ca_db_open(const char *path, struct ca_db **out)
@@ -68,6 +81,11 @@ int ca_db_open(const char *path, struct ca_db **out)
 	}
 	*out = db;
 	return 0;
+}
+
+struct store *ca_db_store(struct ca_db *db)
+{
+	return db->st;
 }
 
 void ca_db_close(struct ca_db *db)

@@ -30,6 +30,7 @@ static volatile int ca_stop;
 struct ca_args {
 	const char *state, *tenant, *listen, *admin, *import_cert, *import_key, *csr_out;
 	const char *cert, *root;
+	const char *wrap_key; /* custody: the inspection nodes' X25519 PUBLIC key (PEM) */
 	enum ca_key_alg alg;
 	bool external;
 	int kek_fd;
@@ -37,6 +38,7 @@ struct ca_args {
 	int count;
 };
 
+/* clang-format off */
 static const struct option ca_longopts[] = {
     {"state", required_argument, NULL, 's'},
     {"tenant", required_argument, NULL, 't'},
@@ -52,8 +54,10 @@ static const struct option ca_longopts[] = {
     {"leaf-ttl", required_argument, NULL, 'L'},
     {"log-level", required_argument, NULL, 'v'},
     {"count", required_argument, NULL, 'n'},
+    {"wrap-key", required_argument, NULL, 'w'},
     {NULL, 0, NULL, 0},
 };
+/* clang-format on */
 
 static int ca_parse_args(int argc, char **argv, struct ca_args *a)
 {
@@ -123,6 +127,9 @@ static int ca_parse_args(int argc, char **argv, struct ca_args *a)
 			if (log_parse_level(optarg, &lvl))
 				return -EINVAL;
 			log_set_level(lvl);
+			break;
+		case 'w':
+			a->wrap_key = optarg;
 			break;
 		case 'n':
 			a->count = (int)strtol(optarg, &end, 10);
@@ -366,6 +373,7 @@ static int cmd_serve(int argc, char **argv)
 	struct ca_secret kek = {0};
 	struct ca_server srv;
 	struct ca_db *db = NULL;
+	EVP_PKEY *wrap_pub = NULL;
 	int ret;
 
 	ret = ca_parse_args(argc, argv, &a);
@@ -376,9 +384,15 @@ static int cmd_serve(int argc, char **argv)
 		return -EINVAL;
 	}
 	prctl(PR_SET_DUMPABLE, 0);
+	/* before the secret is read: a private wrapping key is refused outright */
+	if (a.wrap_key) {
+		ret = envelope_pub_load(a.wrap_key, &wrap_pub);
+		if (ret)
+			return ret;
+	}
 	ret = ca_kek_read(a.kek_fd, &kek);
 	if (ret)
-		return ret;
+		goto out;
 	ret = ca_open_state(&a, &db);
 	if (ret)
 		goto out;
@@ -396,6 +410,7 @@ static int cmd_serve(int argc, char **argv)
 	srv.kek = NULL;
 	srv.signer = &signer;
 	srv.leaf_ttl = a.leaf_ttl;
+	srv.wrap_pub = wrap_pub;
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
@@ -426,6 +441,47 @@ out:
 	ca_signer_stop(&signer);
 	ca_db_close(db);
 	ca_secret_clear(&kek);
+	EVP_PKEY_free(wrap_pub);
+	return ret;
+}
+
+/* A consistent copy of the store into DIR, recorded so that rotation can reach it. */
+static int cmd_backup(int argc, char **argv)
+{
+	char path[PATH_MAX], real[PATH_MAX], stamp[32];
+	struct ca_args a;
+	struct ca_db *db = NULL;
+	const char *dir;
+	struct tm tm;
+	time_t now = time(NULL);
+	int ret;
+
+	if (argc < 2 || argv[1][0] == '-') {
+		log_warnx("backup needs DIR");
+		return -EINVAL;
+	}
+	dir = argv[1];
+	ret = ca_parse_args(argc - 1, argv + 1, &a);
+	if (ret)
+		return ret;
+	/* an absolute path, so that rotation finds it whatever its working directory */
+	if (!realpath(dir, real)) {
+		ret = -errno;
+		log_warn("backup: %s", dir);
+		return ret;
+	}
+	gmtime_r(&now, &tm);
+	strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
+	if (snprintf(path, sizeof(path), "%s/ca-%s-%d.db", real, stamp, (int)getpid()) >=
+	    (int)sizeof(path))
+		return -ENAMETOOLONG;
+	ret = ca_open_state(&a, &db);
+	if (ret)
+		return ret;
+	ret = custody_backup(db, path);
+	if (!ret)
+		printf("%s\n", path);
+	ca_db_close(db);
 	return ret;
 }
 
@@ -453,7 +509,9 @@ static const struct {
      "finish --external: --tenant T --cert SIGNED.pem --root ROOT.pem"},
     {"fingerprint", cmd_fingerprint, "print the CA's TLS fingerprint for --ca-fingerprint"},
     {"serve", cmd_serve,
-     "run the CA: --listen HOST:PORT [--admin-socket PATH (/run/mtun/ca.sock)] [--leaf-ttl S]"},
+     "run the CA: --listen HOST:PORT [--admin-socket PATH (/run/mtun/ca.sock)] [--leaf-ttl S]"
+     " [--wrap-key NODES-PUBLIC.pem]"},
+    {"backup", cmd_backup, "copy the store into DIR (rotation later deletes old keys there)"},
     {"bench", cmd_bench, "print bench=ca key=value lines (signatures, enrollments)"},
     {"help", cmd_help, "show this help"},
 };

@@ -604,6 +604,171 @@ static int ca_handle_token_list(struct ca_server *s, const struct enroll_msg *m,
 	return ret;
 }
 
+/* ---- inspection key custody (custody.c keeps the tables) ---- */
+
+static int ca_custody_key_get(struct ca_server *s, const struct enroll_msg *m, X509 *peer,
+                              struct enroll_buf *resp)
+{
+	char tenant[IDENT_TENANT_MAX + 1] = "", serial[41];
+	const struct ca_tenant *t;
+	struct custody_key k = {0};
+	struct ident id;
+	const char *why;
+	size_t cl, hl;
+	char *both;
+	int ret;
+
+	memset(&id, 0, sizeof(id));
+	why = ca_check_peer(s, peer, &id, &t, serial);
+	if (why)
+		return ca_refuse(s, resp, "inspection.key_refused", id.tenant, why);
+	if (enroll_msg_str(m, ET_TENANT, tenant, sizeof(tenant)) != 0)
+		return ca_refuse(s, resp, "inspection.key_refused", id.tenant,
+		                 "key request needs a tenant");
+	/* custody_handout audits and logs every decision itself */
+	ret = custody_handout(s->db, &id, tenant, &k, &why);
+	if (ret) {
+		enroll_buf_free(resp);
+		ret = enroll_buf_init(resp, ENROLL_T_RESPONSE);
+		if (!ret)
+			ret = enroll_buf_put(resp, ET_STATUS, "\0\1", 2);
+		if (!ret)
+			ret = enroll_buf_put_str(resp, ET_MESSAGE, why);
+		return ret;
+	}
+	cl = strlen(k.cert_pem);
+	hl = strlen(k.chain_pem);
+	both = malloc(cl + hl + 1);
+	ret = both ? ca_ok(resp) : -ENOMEM;
+	if (!ret) {
+		memcpy(both, k.cert_pem, cl);
+		memcpy(both + cl, k.chain_pem, hl + 1);
+		ret = enroll_buf_put_str(resp, ET_SERIAL, k.key_id);
+	}
+	if (!ret)
+		ret = enroll_buf_put(resp, ET_CRL, k.wrapped, k.wrapped_len);
+	if (!ret)
+		ret = enroll_buf_put_str(resp, ET_CHAIN, both);
+	free(both);
+	custody_key_free(&k);
+	return ret;
+}
+
+static int ca_custody_csr(struct ca_server *s, const struct enroll_msg *m, bool rotate,
+                          struct enroll_buf *resp)
+{
+	const char *ev = rotate ? "inspection.rotate_fail" : "inspection.csr_fail";
+	char tenant[IDENT_TENANT_MAX + 1] = "", alg_name[17] = "p256";
+	char key_id[CUSTODY_KEY_ID_LEN + 1];
+	enum ca_key_alg alg;
+	uint64_t expires = 0;
+	char *csr = NULL;
+	size_t len;
+	int ret;
+
+	if (enroll_msg_str(m, ET_TENANT, tenant, sizeof(tenant)) != 0)
+		return ca_refuse(s, resp, ev, "", "needs a tenant");
+	if (!s->wrap_pub)
+		return ca_refuse(s, resp, ev, tenant,
+		                 "mtun-ca has no inspection wrapping key (serve --wrap-key)");
+	enroll_msg_str(m, ET_ROLE, alg_name, sizeof(alg_name));
+	enroll_msg_u64(m, ET_TIME, &expires);
+	if (strcmp(alg_name, "p256") == 0)
+		alg = CA_KEY_P256;
+	else if (strcmp(alg_name, "rsa2048") == 0)
+		alg = CA_KEY_RSA2048;
+	else
+		return ca_refuse(s, resp, ev, tenant, "key is rsa2048 or p256");
+	if (expires > INT64_MAX)
+		return ca_refuse(s, resp, ev, tenant, "bad expiry");
+	ret = custody_csr(s->db, s->wrap_pub, tenant, alg, (int64_t)expires, rotate, key_id, &csr,
+	                  &len);
+	if (ret == -EEXIST)
+		return ca_refuse(s, resp, ev, tenant, "the tenant has an active key: use rotate");
+	if (ret == -ENOENT)
+		return ca_refuse(s, resp, ev, tenant, "the tenant has no active key to rotate");
+	if (ret)
+		return ca_refuse(s, resp, ev, tenant, "cannot make the key and CSR");
+	log_event(LOG_LVL_INFO, rotate ? "inspection.rotate" : "inspection.csr", "tenant=%s key=%s",
+	          tenant, key_id);
+	ret = ca_ok(resp);
+	if (!ret)
+		ret = enroll_buf_put_str(resp, ET_SERIAL, key_id);
+	if (!ret)
+		ret = enroll_buf_put_str(resp, ET_LIST, csr);
+	free(csr);
+	return ret;
+}
+
+int ca_handle_custody(struct ca_server *s, enum ca_origin from, const struct enroll_msg *m,
+                      X509 *peer, struct enroll_buf *resp)
+{
+	char tenant[IDENT_TENANT_MAX + 1] = "", arg[1025] = "", node[CUSTODY_NODE_MAX + 2];
+	char id[IDENT_ID_MAX + 1] = "", msg[512];
+	const char *why = "";
+	char *list = NULL;
+	int ret;
+
+	if (m->type == CUSTODY_T_KEY_GET)
+		return from == CA_FROM_TLS ? ca_custody_key_get(s, m, peer, resp)
+		                           : ca_refuse(s, resp, "request.fail", "", "not over TLS");
+	if (from != CA_FROM_ADMIN)
+		return ca_refuse(s, resp, "request.fail", "", "not an admin connection");
+	switch (m->type) {
+	case CUSTODY_T_CSR:
+	case CUSTODY_T_ROTATE:
+		return ca_custody_csr(s, m, m->type == CUSTODY_T_ROTATE, resp);
+	case CUSTODY_T_IMPORT:
+		if (enroll_msg_str(m, ET_TENANT, tenant, sizeof(tenant)) != 0 ||
+		    !enroll_msg_has(m, ET_CHAIN))
+			return ca_refuse(s, resp, "inspection.import_fail", "",
+			                 "import needs a tenant and the certificate");
+		ret = custody_import(s->db, tenant, m->v[ET_CHAIN].p, m->v[ET_CHAIN].len,
+		                     time(NULL), msg, sizeof(msg), &why);
+		if (ret)
+			return ca_refuse(s, resp, "inspection.import_fail", tenant,
+			                 why[0] ? why : "cannot import the certificate");
+		log_event(LOG_LVL_INFO, "inspection.import", "tenant=%s %s", tenant, msg);
+		ret = ca_ok(resp);
+		return ret ? ret : enroll_buf_put_str(resp, ET_MESSAGE, msg);
+	case CUSTODY_T_STATUS:
+		enroll_msg_str(m, ET_TENANT, tenant, sizeof(tenant));
+		ret = custody_status(s->db, tenant[0] ? tenant : NULL, &list);
+		if (ret)
+			return ca_refuse(s, resp, "inspection.status_fail", tenant, "store error");
+		ret = ca_ok(resp);
+		if (!ret && list[0])
+			ret = enroll_buf_put_str(resp, ET_LIST, list);
+		free(list);
+		return ret;
+	case CUSTODY_T_TENANT:
+		if (enroll_msg_str(m, ET_TENANT, tenant, sizeof(tenant)) != 0 ||
+		    enroll_msg_str(m, ET_ROLE, arg, sizeof(arg)) != 0 ||
+		    (strcmp(arg, "private-only") != 0 && strcmp(arg, "shared") != 0))
+			return ca_refuse(s, resp, "inspection.tenant_fail", tenant,
+			                 "needs a tenant and private-only or shared");
+		if (custody_tenant_private(s->db, tenant, strcmp(arg, "private-only") == 0))
+			return ca_refuse(s, resp, "inspection.tenant_fail", tenant, "store error");
+		log_event(LOG_LVL_INFO, "inspection.tenant", "tenant=%s inspection=%s", tenant,
+		          arg);
+		return ca_ok(resp);
+	case CUSTODY_T_NODE_MARK:
+		if (enroll_msg_str(m, ET_TENANT, tenant, sizeof(tenant)) != 0 ||
+		    enroll_msg_str(m, ET_ID, id, sizeof(id)) != 0 ||
+		    enroll_msg_str(m, ET_GROUPS, arg, sizeof(arg)) != 0)
+			return ca_refuse(s, resp, "inspection.mark_fail", "",
+			                 "needs the inspector (TENANT/ID) and a mark");
+		snprintf(node, sizeof(node), "%s/%s", tenant, id);
+		if (custody_node_mark(s->db, node, arg, &why))
+			return ca_refuse(s, resp, "inspection.mark_fail", tenant,
+			                 why[0] ? why : "store error");
+		log_event(LOG_LVL_INFO, "inspection.node_mark", "node=%s mark=%s", node, arg);
+		return ca_ok(resp);
+	default:
+		return ca_refuse(s, resp, "request.fail", "", "unknown request type");
+	}
+}
+
 int ca_handle(struct ca_server *s, enum ca_origin from, const uint8_t *req, size_t len, X509 *peer,
               struct enroll_buf *resp, char sub_tenant[IDENT_TENANT_MAX + 1])
 {
@@ -631,6 +796,13 @@ int ca_handle(struct ca_server *s, enum ca_origin from, const uint8_t *req, size
 			if (enroll_msg_str(&m, ET_TENANT, tenant, sizeof(tenant)) != 0)
 				return ca_refuse(s, resp, "crl.fail", "", "crl needs a tenant");
 			return ca_answer_crl(s, tenant, "crl.fail", resp);
+		case CUSTODY_T_CSR:
+		case CUSTODY_T_ROTATE:
+		case CUSTODY_T_IMPORT:
+		case CUSTODY_T_STATUS:
+		case CUSTODY_T_TENANT:
+		case CUSTODY_T_NODE_MARK:
+			return ca_handle_custody(s, from, &m, peer, resp);
 		default:
 			return ca_refuse(s, resp, "request.fail", "", "not an admin request type");
 		}
@@ -657,6 +829,8 @@ int ca_handle(struct ca_server *s, enum ca_origin from, const uint8_t *req, size
 		snprintf(sub_tenant, IDENT_TENANT_MAX + 1, "%s", id.tenant);
 		log_event(LOG_LVL_INFO, "crl.subscribe", "tenant=%s id=%s", id.tenant, id.id);
 		return CA_KEEP_OPEN;
+	case CUSTODY_T_KEY_GET:
+		return ca_handle_custody(s, from, &m, peer, resp);
 	default:
 		return ca_refuse(s, resp, "request.fail", "", "unknown request type");
 	}

@@ -1,16 +1,20 @@
 /* mtunctl: the admin CLI. Until the admin API exists it speaks to mtun-ca's local socket. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "ca/ca.h"
 #include "enroll.h"
 #include "log.h"
 
@@ -286,6 +290,186 @@ static int cmd_crl(int argc, char **argv)
 	return ret;
 }
 
+/* Appends the file at path to *buf (PEM certificates for an import). */
+static int ctl_read_file(const char *path, char **buf, size_t *len)
+{
+	struct stat st;
+	char *p;
+	int fd, ret = 0;
+	ssize_t r;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		ret = -errno;
+		log_warn("%s", path);
+		goto out;
+	}
+	if (st.st_size <= 0 || (size_t)st.st_size > 60 * 1024 - *len) {
+		log_warnx("%s: empty or too large for a certificate chain", path);
+		ret = -EFBIG;
+		goto out;
+	}
+	p = realloc(*buf, *len + (size_t)st.st_size + 1);
+	if (!p) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	*buf = p;
+	r = read(fd, p + *len, (size_t)st.st_size);
+	if (r != st.st_size) {
+		log_warnx("%s: short read", path);
+		ret = -EIO;
+		goto out;
+	}
+	*len += (size_t)r;
+	p[*len] = '\0';
+out:
+	if (fd >= 0)
+		close(fd);
+	return ret;
+}
+
+/*
+ * mtunctl inspection csr|rotate --tenant T [--key p256|rsa2048] [--expires YYYY-MM-DD]
+ *                   import --tenant T CERT [CHAIN] | status [--tenant T]
+ *                   tenant --tenant T private-only|shared | mark TENANT/ID public|private:T
+ */
+static int cmd_inspection(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"socket", required_argument, NULL, 'S'},
+	    {"tenant", required_argument, NULL, 't'},
+	    {"key", required_argument, NULL, 'k'},
+	    {"expires", required_argument, NULL, 'e'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char *sock = getenv(CTL_SOCKET_ENV) ? getenv(CTL_SOCKET_ENV) : CTL_SOCKET_DEFAULT;
+	const char *tenant = NULL, *key = NULL, *sub, *slash, *end;
+	struct enroll_buf b = {0};
+	struct enroll_msg m;
+	uint8_t *resp = NULL;
+	char *pem = NULL, ntenant[IDENT_TENANT_MAX + 1], msg[513];
+	size_t pem_len = 0;
+	int64_t expires = 0;
+	struct tm tm;
+	int c, ret = -EINVAL, type;
+
+	if (argc < 2) {
+		log_warnx("usage: mtunctl inspection csr|rotate|import|status|tenant|mark ...");
+		return -EINVAL;
+	}
+	sub = argv[1];
+	optind = 1;
+	while ((c = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'S':
+			sock = optarg;
+			break;
+		case 't':
+			tenant = optarg;
+			break;
+		case 'k':
+			key = optarg;
+			break;
+		case 'e':
+			memset(&tm, 0, sizeof(tm));
+			end = strptime(optarg, "%Y-%m-%d", &tm);
+			if (!end || *end) {
+				log_warnx("--expires: YYYY-MM-DD");
+				return -EINVAL;
+			}
+			expires = timegm(&tm);
+			break;
+		default:
+			return -EINVAL;
+		}
+	}
+	argc -= optind + 1;
+	argv += optind + 1;
+	if (strcmp(sub, "csr") == 0 || strcmp(sub, "rotate") == 0)
+		type = sub[0] == 'c' ? CUSTODY_T_CSR : CUSTODY_T_ROTATE;
+	else if (strcmp(sub, "import") == 0)
+		type = CUSTODY_T_IMPORT;
+	else if (strcmp(sub, "status") == 0)
+		type = CUSTODY_T_STATUS;
+	else if (strcmp(sub, "tenant") == 0)
+		type = CUSTODY_T_TENANT;
+	else if (strcmp(sub, "mark") == 0)
+		type = CUSTODY_T_NODE_MARK;
+	else {
+		log_warnx("unknown inspection command '%s'", sub);
+		return -EINVAL;
+	}
+	if (type != CUSTODY_T_STATUS && type != CUSTODY_T_NODE_MARK && !tenant) {
+		log_warnx("--tenant is required");
+		return -EINVAL;
+	}
+	if ((type == CUSTODY_T_IMPORT && (argc < 1 || argc > 2)) ||
+	    ((type == CUSTODY_T_TENANT) && argc != 1) ||
+	    (type == CUSTODY_T_NODE_MARK && argc != 2) ||
+	    ((type == CUSTODY_T_CSR || type == CUSTODY_T_ROTATE || type == CUSTODY_T_STATUS) &&
+	     argc != 0)) {
+		log_warnx("wrong arguments for inspection %s (try mtunctl help)", sub);
+		return -EINVAL;
+	}
+	ret = enroll_buf_init(&b, (enum enroll_type)type);
+	if (!ret && tenant && type != CUSTODY_T_NODE_MARK)
+		ret = enroll_buf_put_str(&b, ET_TENANT, tenant);
+	switch (type) {
+	case CUSTODY_T_CSR:
+	case CUSTODY_T_ROTATE:
+		if (!ret && key)
+			ret = enroll_buf_put_str(&b, ET_ROLE, key);
+		if (!ret && expires > 0)
+			ret = enroll_buf_put_u64(&b, ET_TIME, (uint64_t)expires);
+		break;
+	case CUSTODY_T_IMPORT:
+		for (int i = 0; !ret && i < argc; i++)
+			ret = ctl_read_file(argv[i], &pem, &pem_len);
+		if (!ret)
+			ret = enroll_buf_put(&b, ET_CHAIN, pem, pem_len);
+		break;
+	case CUSTODY_T_TENANT:
+		if (!ret)
+			ret = enroll_buf_put_str(&b, ET_ROLE, argv[0]);
+		break;
+	case CUSTODY_T_NODE_MARK:
+		slash = strchr(argv[0], '/');
+		if (!slash || (size_t)(slash - argv[0]) >= sizeof(ntenant)) {
+			log_warnx("the inspector is TENANT/ID");
+			ret = -EINVAL;
+			goto out;
+		}
+		memcpy(ntenant, argv[0], (size_t)(slash - argv[0]));
+		ntenant[slash - argv[0]] = '\0';
+		if (!ret)
+			ret = enroll_buf_put_str(&b, ET_TENANT, ntenant);
+		if (!ret)
+			ret = enroll_buf_put_str(&b, ET_ID, slash + 1);
+		if (!ret)
+			ret = enroll_buf_put_str(&b, ET_GROUPS, argv[1]);
+		break;
+	}
+	if (ret) {
+		log_warnx("argument too long or empty");
+		goto out;
+	}
+	ret = ctl_call(sock, &b, &resp, &m);
+	if (ret)
+		goto out;
+	if (enroll_msg_has(&m, ET_LIST))
+		fwrite(m.v[ET_LIST].p, 1, m.v[ET_LIST].len, stdout);
+	if (enroll_msg_str(&m, ET_SERIAL, msg, sizeof(msg)) == 0)
+		fprintf(stderr, "key id %s\n", msg);
+	if (enroll_msg_str(&m, ET_MESSAGE, msg, sizeof(msg)) == 0)
+		printf("%s\n", msg);
+out:
+	free(pem);
+	free(resp);
+	enroll_buf_free(&b);
+	return ret;
+}
+
 static int cmd_help(int argc, char **argv);
 
 static const struct {
@@ -297,6 +481,10 @@ static const struct {
      "create --tenant T --role R [--user U --groups G1,G2] [--ttl 1h] | list --tenant T"},
     {"revoke", cmd_revoke, "--tenant T ROLE/ID | --serial HEX [--out CRL.pem]"},
     {"crl", cmd_crl, "--tenant T [--out FILE] [--der]: the tenant's current CRL"},
+    {"inspection", cmd_inspection,
+     "csr|rotate --tenant T [--key p256|rsa2048] [--expires YYYY-MM-DD] | import --tenant T"
+     " CERT [CHAIN] | status [--tenant T] | tenant --tenant T private-only|shared |"
+     " mark TENANT/ID public|private:TENANT"},
     {"help", cmd_help, "show this help"},
 };
 
