@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tools/lab end to end: brings up a lab instance of its own (t$$), checks what a user
-# would (ssh, curl, dig, routes, the cgroup, a clean host), tears it down; prints TAP.
+# would (ssh, curl, dig, routes, the cgroup, the CA and the identities it enrolled, a
+# clean host), tears it down; prints TAP. MTUN_BUILD (default build) is passed to up.
 set -uo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -10,12 +11,15 @@ prefix="mtun-$MTUN_LAB"
 state="$top/.lab/$MTUN_LAB"
 app_ip=198.19.1.10
 inet_ip=198.18.2.2
+edge_svc=198.18.0.1
+scan=$top/tests/ca/keyscan.py
 n=0
 tmp=$(mktemp -d /tmp/mtun-lab-t.XXXXXX)
 
 cleanup() {
 	"$lab" down >/dev/null 2>&1
 	MTUN_LAB="f$$" "$lab" down >/dev/null 2>&1
+	MTUN_LAB="b$$" "$lab" down >/dev/null 2>&1
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -43,8 +47,15 @@ checks=("up succeeds" "every node has its namespace" "ssh from conn reaches serv
 	"client resolves www.public.example to inet" "client gets NXDOMAIN for server01.corp.example"
 	"conn resolves server01.corp.example to the app" "app's sshd refuses password-only logins"
 	"exec returns the command's exit status" "exec client runs in the lab's client cgroup"
+	"the CA answers on 198.18.0.1:8443 in edge with the fingerprint in ca.fingerprint"
+	"broker, connector and agent (alice, client's device) are enrolled and verify to the lab root"
+	"the key-encryption secret is 0600 in the 0700 state dir, in no output, log or command line"
+	"no unencrypted private key in the CA's or the components' files"
+	"status shows the CA (pid, address, tenant) and the enrolled identities"
 	"a second up is a no-op success" "down removes namespaces, cgroup, processes and state"
-	"a second down succeeds" "a failed up says why and removes what it made"
+	"down leaves neither mtun-ca nor its signer running" "a second down succeeds"
+	"a failed build stops up with the compiler's output and makes nothing"
+	"a failed up says why and removes what it made"
 	"the host's resolv.conf, hosts, ssh_config, ~/.ssh and /run/sshd are unchanged"
 	"the host's routes and interfaces are unchanged")
 skip_all() {
@@ -155,6 +166,77 @@ else
 	skip "exec client runs in the lab's client cgroup" "no cgroup v2 mounted"
 fi
 
+# mtun: the CA in edge and the identities it enrolled.
+ca_answers() {
+	local served want
+	want=$(cat "$state/ca.fingerprint")
+	served=$("$lab" exec edge -- openssl s_client -connect "$edge_svc:8443" </dev/null 2>/dev/null |
+		openssl x509 -noout -fingerprint -sha256 2>/dev/null | cut -d= -f2 | tr -d : | tr A-F a-f)
+	if [ -z "$served" ] || [ "sha256:$served" != "$want" ]; then
+		echo "# served '$served', exported '$want'" >&2
+		return 1
+	fi
+}
+ok "the CA answers on 198.18.0.1:8443 in edge with the fingerprint in ca.fingerprint" ca_answers
+
+# uri DIR: the URI in the certificate of an enrollment directory.
+uri() { openssl x509 -in "$1/cert.pem" -noout -ext subjectAltName 2>/dev/null | sed -n 's/.*URI://p'; }
+identities() {
+	local d bad=0 root="$state/ca-root.pem" id device
+	openssl x509 -in "$root" -noout -subject 2>/dev/null | grep -q "O = lab, OU = mtun" ||
+		{ echo "# ca-root.pem is not the lab tenant's root" >&2; return 1; }
+	for d in edge/broker conn/connector client/agent; do
+		openssl verify -CAfile "$root" -untrusted "$state/$d/cert.pem" "$state/$d/cert.pem" \
+			>"$tmp/verify.out" 2>&1 || { diag "$tmp/verify.out"; bad=1; }
+	done
+	[ "$(uri "$state/edge/broker")" = mtun://lab/broker/edge ] || bad=1
+	[ "$(uri "$state/conn/connector")" = mtun://lab/connector/conn ] || bad=1
+	# the agent's device is the one of client's own identity source
+	id=$state/client/identity
+	device=$(printf 'mtun device id v1\nmachine-id=%s\nproduct_uuid=%s\n' \
+		"$(cat "$id/machine-id")" "$(cat "$id/product_uuid")" | sha256sum | cut -d' ' -f1)
+	[ "$(uri "$state/client/agent")" = "mtun://lab/agent/client?user=alice&device=$device" ] ||
+		{ echo "# agent: $(uri "$state/client/agent"), device $device" >&2; bad=1; }
+	return $bad
+}
+ok "broker, connector and agent (alice, client's device) are enrolled and verify to the lab root" identities
+
+kek_secret() {
+	local kek="$state/edge/ca.kek" secret pid start name
+	if [ "$(stat -c %a "$kek")" != 600 ] || [ "$(stat -c %a "$state")" != 700 ]; then
+		echo "# modes: $(stat -c '%a %n' "$kek" "$state")" >&2
+		return 1
+	fi
+	secret=$(tr -d '\n' <"$kek")
+	[ ${#secret} -ge 32 ] || return 1
+	read -r pid start name <"$state/pids/ca"
+	! grep -rqF -- "$secret" "$tmp/up.out" "$tmp/up.err" "$state/logs" "$state/edge/ca-init.out" \
+		"/proc/$pid/cmdline" "/proc/$pid/environ"
+}
+ok "the key-encryption secret is 0600 in the 0700 state dir, in no output, log or command line" kek_secret
+
+no_plain_key() {
+	python3 "$scan" "$state/edge" "$state/conn" "$state/client" "$state/ca-root.pem" \
+		>"$tmp/scan.out" 2>&1 || { diag "$tmp/scan.out"; return 1; }
+	# and the scanner does flag a plain key: the lab's own ssh client key
+	! python3 "$scan" "$state/ssh/id_ed25519" >/dev/null 2>&1
+}
+ok "no unencrypted private key in the CA's or the components' files" no_plain_key
+
+status_ca() {
+	local pid start name bad=0
+	"$lab" status >"$tmp/status.out" 2>&1 || { diag "$tmp/status.out"; return 1; }
+	read -r pid start name <"$state/pids/ca"
+	grep -Eq "^  ca +edge/ca +pid $pid \(signer [0-9]+\), answering on 198\.18\.0\.1:8443, tenant lab$" \
+		"$tmp/status.out" || bad=1
+	grep -Eq "^  ident +edge/broker +mtun://lab/broker/edge " "$tmp/status.out" || bad=1
+	grep -Eq "^  ident +conn/connector +mtun://lab/connector/conn " "$tmp/status.out" || bad=1
+	grep -Eq "^  ident +client/agent +mtun://lab/agent/client\?user=alice&device=" "$tmp/status.out" || bad=1
+	[ $bad -eq 0 ] || diag "$tmp/status.out"
+	return $bad
+}
+ok "status shows the CA (pid, address, tenant) and the enrolled identities" status_ca
+
 # The recorded servers, before the second up and before down.
 cat "$state"/pids/* >"$tmp/pids"
 second_up() {
@@ -200,8 +282,57 @@ down_clean() {
 }
 ok "down removes namespaces, cgroup, processes and state" down_clean
 
+no_ca_left() {
+	local pid start name found=0 bad=0 p
+	while read -r pid start name; do
+		case $name in
+		edge/ca | edge/ca-signer)
+			found=$((found + 1))
+			running "$pid" "$start" && { echo "# $name ($pid) still running" >&2; bad=1; }
+			;;
+		esac
+	done <"$tmp/pids"
+	[ $found -eq 2 ] || { echo "# up recorded $found of mtun-ca and its signer" >&2; return 1; }
+	# nor any other mtun-ca serving from this instance's state
+	p=$(pgrep -f -- "serve --state $state/edge/ca ") && { echo "# $p still serve the lab's CA" >&2; bad=1; }
+	return $bad
+}
+ok "down leaves neither mtun-ca nor its signer running" no_ca_left
+
 second_down() { "$lab" down >&2; }
 ok "a second down succeeds" second_down
+
+# A build that fails (here: a ninja that reports a compiler error) stops up before it
+# makes anything, and shows what the compiler said.
+failed_build() {
+	local inst="b$$" bad=0 f
+	mkdir -p "$tmp/bin-ninja"
+	cat >"$tmp/bin-ninja/ninja" <<'NINJA'
+#!/bin/sh
+echo "[1/2] Compiling C object ca/mtun-ca.p/main.c.o"
+echo "FAILED: ca/mtun-ca.p/main.c.o"
+echo "cc -Ica -c ../ca/main.c"
+echo "../ca/main.c:12:5: error: 'lab_test_undeclared' undeclared (first use in this function)"
+echo "ninja: build stopped: subcommand failed."
+exit 1
+NINJA
+	chmod +x "$tmp/bin-ninja/ninja"
+	if PATH="$tmp/bin-ninja:$PATH" MTUN_LAB=$inst "$lab" up >"$tmp/build.out" 2>"$tmp/build.err"; then
+		echo "# up succeeded with a failing build" >&2
+		MTUN_LAB=$inst "$lab" down >/dev/null 2>&1
+		return 1
+	fi
+	if ! grep -qF "main.c:12:5: error: 'lab_test_undeclared' undeclared" "$tmp/build.err" ||
+		! grep -q "building mtun failed" "$tmp/build.err"; then
+		diag "$tmp/build.err"
+		bad=1
+	fi
+	for f in /run/netns/"mtun-$inst"-* "$top/.lab/$inst" ${cg_root:+"$cg_root/mtun-$inst"}; do
+		[ -e "$f" ] && { echo "# $f left after a failed build" >&2; bad=1; }
+	done
+	return $bad
+}
+ok "a failed build stops up with the compiler's output and makes nothing" failed_build
 
 # An up that fails (here: a dnsmasq that exits at once) says why and leaves nothing.
 failed_up() {
