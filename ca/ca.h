@@ -143,7 +143,7 @@ struct ca_secret {
 	size_t len;
 };
 
-/* From fd (if >= 0) or the environment variable MTUN_CA_KEK (then unset). */
+/* From fd (if >= 0, read to its end and closed) or MTUN_CA_KEK (then unset). */
 #define CA_KEK_ENV "MTUN_CA_KEK"
 int ca_kek_read(int fd, struct ca_secret *kek);
 void ca_secret_clear(struct ca_secret *s);

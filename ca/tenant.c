@@ -35,6 +35,8 @@ int ca_kek_read(int fd, struct ca_secret *kek)
 			if (n == 0 || (len += (size_t)n) > CA_KEK_MAX)
 				break;
 		}
+		/* Read once: the descriptor must not stay open or reach the signer child. */
+		close(fd);
 	} else if ((env = getenv(CA_KEK_ENV))) {
 		len = strlen(env);
 		if (len <= CA_KEK_MAX)
