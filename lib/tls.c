@@ -44,10 +44,22 @@ struct tls_ctx {
 	size_t out_size;
 };
 
+/*
+ * Ciphertext fed from the socket, read by SSL. Not a mem BIO: that one zeroes every
+ * byte it grows by and compacts on each write; this buffer grows once and compacts
+ * only when the tail has no room.
+ */
+struct tls_inbuf {
+	uint8_t *buf;
+	size_t cap, off, len;
+	bool eof;
+};
+
 struct tls_conn {
 	struct tls_ctx *ctx;
 	SSL *ssl;
-	BIO *in;  /* mem BIO: ciphertext fed from the socket */
+	BIO *in; /* reads from inb */
+	struct tls_inbuf inb;
 	BIO *net; /* our half of a BIO pair whose other half SSL writes */
 	bool established, failed, eof, has_peer;
 	struct ident peer;
@@ -391,6 +403,8 @@ struct tls_ctx *tls_ctx_new(const struct tls_conf *conf, const char **why)
 	SSL_CTX_clear_mode(ctx->ssl, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_AUTO_RETRY);
 	SSL_CTX_set_mode(ctx->ssl,
 	                 SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* Fill the record buffer per BIO read instead of reading header and body apart. */
+	SSL_CTX_set_read_ahead(ctx->ssl, 1);
 	if (ctx_setup_keys(ctx, conf, why) < 0)
 		goto fail;
 
@@ -426,6 +440,75 @@ void tls_ctx_free(struct tls_ctx *ctx)
 	free(ctx);
 }
 
+static int inbio_read(BIO *bio, char *out, int outl)
+{
+	struct tls_inbuf *ib = BIO_get_data(bio);
+	size_t n;
+
+	BIO_clear_retry_flags(bio);
+	if (outl <= 0)
+		return 0;
+	if (ib->len == 0) {
+		if (ib->eof)
+			return 0;
+		BIO_set_retry_read(bio);
+		return -1;
+	}
+	n = ib->len < (size_t)outl ? ib->len : (size_t)outl;
+	memcpy(out, ib->buf + ib->off, n);
+	ib->off += n;
+	ib->len -= n;
+	if (ib->len == 0)
+		ib->off = 0;
+	return (int)n;
+}
+
+static long inbio_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+	struct tls_inbuf *ib = BIO_get_data(bio);
+
+	(void)num;
+	(void)ptr;
+	switch (cmd) {
+	case BIO_CTRL_PENDING:
+		return (long)ib->len;
+	case BIO_CTRL_EOF:
+		return ib->eof && ib->len == 0;
+	case BIO_CTRL_FLUSH:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static BIO_METHOD *inbio_method;
+static CRYPTO_ONCE inbio_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void inbio_init(void)
+{
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mtun tls in");
+
+	if (m && BIO_meth_set_read(m, inbio_read) == 1 && BIO_meth_set_ctrl(m, inbio_ctrl) == 1) {
+		inbio_method = m;
+		return;
+	}
+	BIO_meth_free(m);
+}
+
+static BIO *inbio_new(struct tls_inbuf *ib)
+{
+	BIO *bio;
+
+	if (!CRYPTO_THREAD_run_once(&inbio_once, inbio_init) || !inbio_method)
+		return NULL;
+	bio = BIO_new(inbio_method);
+	if (!bio)
+		return NULL;
+	BIO_set_data(bio, ib);
+	BIO_set_init(bio, 1);
+	return bio;
+}
+
 struct tls_conn *tls_conn_new(struct tls_ctx *ctx)
 {
 	struct tls_conn *c = calloc(1, sizeof(*c));
@@ -437,12 +520,11 @@ struct tls_conn *tls_conn_new(struct tls_ctx *ctx)
 	c->ssl = SSL_new(ctx->ssl);
 	if (!c->ssl)
 		goto fail;
-	in = BIO_new(BIO_s_mem());
+	in = inbio_new(&c->inb);
 	if (!in || BIO_new_bio_pair(&ssl_side, ctx->out_size, &c->net, 0) != 1) {
 		BIO_free(in);
 		goto fail;
 	}
-	BIO_set_mem_eof_return(in, -1); /* empty means "wait", not EOF */
 	SSL_set_bio(c->ssl, in, ssl_side);
 	c->in = in;
 	SSL_set_app_data(c->ssl, c);
@@ -464,26 +546,50 @@ void tls_conn_free(struct tls_conn *c)
 	SSL_free(c->ssl); /* frees c->in and the SSL half of the pair */
 	BIO_free(c->net);
 	ASN1_INTEGER_free(c->serial);
+	free(c->inb.buf);
 	free(c);
 }
 
 int tls_conn_feed(struct tls_conn *c, const void *buf, size_t len)
 {
+	struct tls_inbuf *ib = &c->inb;
+
 	if (c->eof)
 		return -EPIPE;
-	if (len > TLS_IN_MAX || BIO_ctrl_pending(c->in) > TLS_IN_MAX - len)
+	if (len > TLS_IN_MAX || ib->len > TLS_IN_MAX - len)
 		return -ENOBUFS;
 	if (len == 0)
 		return 0;
-	if (BIO_write(c->in, buf, (int)len) != (int)len)
-		return -ENOMEM;
+	if (ib->cap - ib->off - ib->len < len) {
+		if (ib->cap - ib->len >= len) {
+			memmove(ib->buf, ib->buf + ib->off, ib->len);
+		} else {
+			/* A third more than needed, like a mem BIO: idle sessions keep it. */
+			size_t cap = ib->len + len + (ib->len + len) / 3;
+			uint8_t *p;
+
+			if (cap > TLS_IN_MAX)
+				cap = TLS_IN_MAX;
+			p = malloc(cap);
+			if (!p)
+				return -ENOMEM;
+			if (ib->len)
+				memcpy(p, ib->buf + ib->off, ib->len);
+			free(ib->buf);
+			ib->buf = p;
+			ib->cap = cap;
+		}
+		ib->off = 0;
+	}
+	memcpy(ib->buf + ib->off + ib->len, buf, len);
+	ib->len += len;
 	return 0;
 }
 
 void tls_conn_feed_eof(struct tls_conn *c)
 {
 	c->eof = true;
-	BIO_set_mem_eof_return(c->in, 0);
+	c->inb.eof = true;
 }
 
 /* Maps a failed SSL call to -EAGAIN, -ECONNRESET or -EPROTO with a reason. */

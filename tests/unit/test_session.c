@@ -1332,6 +1332,7 @@ static void test_dial_stop_while_waiting(void)
 	struct sockaddr_in sin = {
 	    .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = 0};
 	struct session_dialer *d;
+	unsigned n;
 
 	tp_reset();
 	dial_nretries = 0;
@@ -1345,9 +1346,12 @@ static void test_dial_stop_while_waiting(void)
 	T_REQUIRE(d);
 	while (dial_nretries == 0)
 		run_until(NULL, 5);
+	/* Full jitter may have fired a second retry already: what matters is none after. */
 	session_dial_stop(d);
+	n = dial_nretries;
 	drain();
-	T_EQ(dial_nretries, 1);
+	T_CHECK(n >= 1);
+	T_EQ(dial_nretries, n);
 	T_EQ(pa.established + pa.closed, 0);
 }
 

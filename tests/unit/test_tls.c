@@ -638,6 +638,56 @@ static void test_backpressure(void)
 	pair_free(&p);
 }
 
+/*
+ * The receive side reassembles records from whatever the socket hands over: pieces of
+ * 1 byte, odd sizes, and more than one record at once must all give the same bytes.
+ */
+static void test_feed_in_pieces(void)
+{
+	static const size_t pieces[] = {1, 7, 5000, 70000, 3, 16384, 16406, 300000};
+	struct tls_conf s = broker_conf(), c = client_conf(&agent);
+	static uint8_t out[900000], in[65536], wire[400000];
+	size_t sent = 0, got = 0, wire_len = 0, off = 0, k = 0;
+	struct pair p;
+	bool ok = true;
+
+	fill(out, sizeof(out), 7);
+	T_REQUIRE(pair_new(&p, &s, &c) == 0);
+	T_REQUIRE(handshake_mem(p.c, p.s) == 0);
+	while (got < sizeof(out) && ok) {
+		ssize_t n;
+
+		if (off == wire_len) {
+			while (sent < sizeof(out) &&
+			       (n = tls_conn_write(p.c, out + sent, sizeof(out) - sent)) > 0)
+				sent += (size_t)n;
+			wire_len = tls_conn_take(p.c, wire, sizeof(wire));
+			off = 0;
+			T_REQUIRE(wire_len > 0);
+		}
+		size_t step = pieces[k++ % (sizeof(pieces) / sizeof(pieces[0]))];
+		if (step > wire_len - off)
+			step = wire_len - off;
+		T_REQUIRE(tls_conn_feed(p.s, wire + off, step) == 0);
+		off += step;
+		while ((n = tls_conn_read(p.s, in, sizeof(in))) > 0) {
+			ok = check(in, (size_t)n, got + 7);
+			got += (size_t)n;
+		}
+		T_REQUIRE(n == -EAGAIN);
+	}
+	T_CHECK(ok);
+	T_EQ(got, sizeof(out));
+	/* After close_notify reads say reset; after the socket's EOF, feeding is refused. */
+	T_REQUIRE(tls_conn_shutdown(p.c) >= 0);
+	wire_len = tls_conn_take(p.c, wire, sizeof(wire));
+	T_REQUIRE(tls_conn_feed(p.s, wire, wire_len) == 0);
+	T_EQ(tls_conn_read(p.s, in, sizeof(in)), -ECONNRESET);
+	tls_conn_feed_eof(p.s);
+	T_EQ(tls_conn_feed(p.s, "x", 1), -EPIPE);
+	pair_free(&p);
+}
+
 static void test_load_pem(void)
 {
 	char *a = pki_cert_pem(agent.cert), *b = pki_cert_pem(inter.cert),
@@ -934,6 +984,7 @@ int main(void)
 	T_RUN(test_close_notify_and_truncation);
 	T_RUN(test_garbage_refused);
 	T_RUN(test_backpressure);
+	T_RUN(test_feed_in_pieces);
 	T_RUN(test_load_pem);
 	pki_teardown();
 	return t_done();
