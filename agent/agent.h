@@ -145,4 +145,7 @@ int dns_stub_timer(struct dns_stub *stub, uint64_t now, uint8_t *out, size_t out
 uint64_t dns_stub_next_deadline(const struct dns_stub *stub);
 size_t dns_stub_pending(const struct dns_stub *stub);
 
+/* forward.c: mtun-agent forward, a local TCP port carried as mtunnels to one host:port */
+int forward_main(int argc, char **argv);
+
 #endif

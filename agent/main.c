@@ -1,4 +1,4 @@
-/* mtun-agent: subcommands from a table (wireguard-tools wg.c style); enrollment for now. */
+/* mtun-agent: subcommands from a table (wireguard-tools wg.c style). */
 #include <stdio.h>
 #include <string.h>
 
@@ -6,6 +6,7 @@
 
 #include "enroll.h"
 #include "log.h"
+#include "agent.h"
 
 static int cmd_enroll(int argc, char **argv)
 {
@@ -15,6 +16,11 @@ static int cmd_enroll(int argc, char **argv)
 static int cmd_renew(int argc, char **argv)
 {
 	return enroll_cli(MT_ROLE_AGENT, true, argc, argv);
+}
+
+static int cmd_forward(int argc, char **argv)
+{
+	return forward_main(argc, argv);
 }
 
 static int cmd_help(int argc, char **argv);
@@ -29,6 +35,9 @@ static const struct {
      "[--identity-source DIR]"},
     {"renew", cmd_renew,
      "renew over mTLS when due [--state DIR] [--force] [--watch: keep renewing]"},
+    {"forward", cmd_forward,
+     "--broker HOST:PORT --state DIR --listen ADDR:PORT --to HOST:PORT [--identity-source DIR] "
+     "[--window SIZE]"},
     {"help", cmd_help, "show this help"},
 };
 

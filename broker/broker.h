@@ -11,7 +11,9 @@
 #include <time.h>
 
 #include "ident.h"
+#include "ring.h"
 #include "segment.h"
+#include "session.h"
 
 /* policy.c */
 
@@ -198,11 +200,11 @@ const char *elect_status_name(enum elect_status s);
 #define MT_CONN_MAX_DEFAULT 65536 /* live mtunnels per TLS connection */
 
 enum mt_state {
-	MT_OPENING = 0, /* OPEN received, peer leg not bound yet */
-	MT_OPEN,
-	MT_HALF_CLOSED_0, /* leg 0 sent FIN */
-	MT_HALF_CLOSED_1, /* leg 1 sent FIN */
-	MT_CLOSED,
+	MTS_OPENING = 0, /* OPEN received, peer leg not bound yet */
+	MTS_OPEN,
+	MTS_HALF_CLOSED_0, /* leg 0 sent FIN */
+	MTS_HALF_CLOSED_1, /* leg 1 sent FIN */
+	MTS_CLOSED,
 };
 
 #define MT_CREDIT_MAX 0x7fffffffU /* as HTTP/2: a window above 2^31-1 is an error */
@@ -279,5 +281,117 @@ static inline struct mtunnel *mtunnel_next_on(const struct mtunnel *mt, const st
 /* Safe against freeing mt inside the loop: a dead connection resets all its mtunnels. */
 #define for_each_mtunnel(conn, mt, tmp)                                                            \
 	for ((mt) = (conn)->head; (mt) && ((tmp) = mtunnel_next_on((mt), (conn)), 1); (mt) = (tmp))
+
+/* daemon.c and switch.c: mtun-broker run (configuration, listener, sessions, the switch) */
+
+#define BD_GROUPS_MAX      64
+#define BD_OPEN_TIMEOUT_MS 10000
+
+struct bd;
+struct bpeer;
+
+/* A frame a session refused with -EAGAIN, kept in order until on_writable. */
+struct bqframe {
+	struct bqframe *next;
+	size_t len;
+	uint8_t frame[];
+};
+
+/* One mtunnel leg's connection: where the switch sends frames for it. */
+struct bconn {
+	struct mt_conn mc;
+	struct bpeer *p;          /* NULL while the connector has no data session */
+	struct bconnector *owner; /* connector legs only */
+};
+
+struct bconnector {
+	struct bconnector *next;
+	char id[IDENT_ID_MAX + 1];
+	uint32_t group;
+	struct bpeer *ctl, *data;
+	struct bconn dc; /* connector legs: ids allocated at BIND, carried by data */
+	uint32_t load;
+};
+
+enum bpeer_kind {
+	BP_NEW = 0,
+	BP_AGENT,
+	BP_CTL,
+	BP_DATA,
+};
+
+struct bpeer {
+	struct bpeer *next, **pprev;
+	struct bd *bd;
+	struct session *s;
+	enum bpeer_kind kind;
+	struct ident id;
+	struct bconn own;        /* agents: their legs */
+	struct bconnector *conn; /* connectors */
+	struct bqframe *qhead, *qtail;
+};
+
+/* An OPEN waiting for its BIND_REPLY. */
+struct bopen {
+	struct bopen *next, **pprev;
+	struct bd *bd;
+	struct mtunnel *mt;
+	struct bconnector *c;
+	uint32_t win0; /* the agent's grant, from OPEN */
+	uint8_t cookie[MT_COOKIE_LEN];
+	ring_timer_t timer;
+	char name[MT_NAME_MAX + 1];
+	uint16_t port;
+};
+
+struct bd_user {
+	const char *name;
+	const char **groups;
+	size_t ngroups;
+};
+
+struct bd_cgroup {
+	uint32_t id;
+	const char *name;
+};
+
+struct bd {
+	struct ring *ring;
+	struct ring_bufgroup *bufs;
+	struct tls_ctx *ctx;
+	const char *tenant;
+	const char *advertise; /* the address connectors dial for data */
+	struct segset *segs;
+	struct policy *pol;
+	struct mt_table *t;
+	struct bd_user *users;
+	size_t nusers;
+	struct bd_cgroup cgroups[BD_GROUPS_MAX];
+	size_t ncgroups;
+	struct bpeer *peers;
+	struct bconnector *connectors;
+	struct bopen *opens;
+	int lfd;
+};
+
+/* switch.c */
+uint64_t bd_now_ms(void);
+/* Sends (or queues behind earlier refused frames) one encoded frame to a peer. */
+int bpeer_send_frame(struct bpeer *p, const uint8_t *frame, size_t len);
+int bpeer_send_msg(struct bpeer *p, const struct mt_msg *m);
+void bpeer_flush(struct bpeer *p);
+void bd_on_open(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr, const uint8_t *frame,
+                size_t len);
+void bd_on_bind_reply(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr,
+                      const uint8_t *frame, size_t len);
+/* DATA, WINDOW, FIN, RESET from leg conn bc. */
+void bd_switch(struct bd *bd, struct bpeer *p, struct bconn *bc, struct mt_hdr *hdr, uint8_t *frame,
+               size_t len);
+/* Ends every mtunnel with a leg on bc, telling the other legs. */
+void bd_reset_conn(struct bd *bd, struct bconn *bc, enum mt_status status, const char *reason);
+struct bopen *bd_find_open(struct bd *bd, const struct mtunnel *mt);
+
+/* daemon.c */
+int broker_run(int argc, char **argv);
 
 #endif

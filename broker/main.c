@@ -1,4 +1,4 @@
-/* mtun-broker: subcommands from a table (wireguard-tools wg.c style); enrollment for now. */
+/* mtun-broker: subcommands from a table (wireguard-tools wg.c style). */
 #include <stdio.h>
 #include <string.h>
 
@@ -6,6 +6,7 @@
 
 #include "enroll.h"
 #include "log.h"
+#include "broker.h"
 
 static int cmd_enroll(int argc, char **argv)
 {
@@ -15,6 +16,11 @@ static int cmd_enroll(int argc, char **argv)
 static int cmd_renew(int argc, char **argv)
 {
 	return enroll_cli(MT_ROLE_BROKER, true, argc, argv);
+}
+
+static int cmd_run(int argc, char **argv)
+{
+	return broker_run(argc, argv);
 }
 
 static int cmd_help(int argc, char **argv);
@@ -29,6 +35,7 @@ static const struct {
      "[--inspector]"},
     {"renew", cmd_renew,
      "renew over mTLS when due [--state DIR] [--force] [--watch: keep renewing]"},
+    {"run", cmd_run, "--config FILE: serve agents and connectors (docs/broker.md)"},
     {"help", cmd_help, "show this help"},
 };
 

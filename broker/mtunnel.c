@@ -32,16 +32,16 @@ struct mt_table {
 };
 
 static const char *const mt_state_names[] = {
-    [MT_OPENING] = "opening",
-    [MT_OPEN] = "open",
-    [MT_HALF_CLOSED_0] = "half-closed-0",
-    [MT_HALF_CLOSED_1] = "half-closed-1",
-    [MT_CLOSED] = "closed",
+    [MTS_OPENING] = "opening",
+    [MTS_OPEN] = "open",
+    [MTS_HALF_CLOSED_0] = "half-closed-0",
+    [MTS_HALF_CLOSED_1] = "half-closed-1",
+    [MTS_CLOSED] = "closed",
 };
 
 const char *mt_state_name(enum mt_state s)
 {
-	return (unsigned)s <= MT_CLOSED ? mt_state_names[s] : "invalid";
+	return (unsigned)s <= MTS_CLOSED ? mt_state_names[s] : "invalid";
 }
 
 static size_t mt_hash(const struct mt_conn *c, uint32_t id)
@@ -264,7 +264,7 @@ struct mtunnel *mtunnel_new(struct mt_table *t, struct mt_conn *conn, uint32_t i
 		*err = rc;
 		return NULL;
 	}
-	mt->state = MT_OPENING;
+	mt->state = MTS_OPENING;
 	mt->segment_id = segment_id;
 	mt->rule_id = rule_id;
 	mt->start_ms = now_ms;
@@ -294,7 +294,7 @@ void mtunnel_free(struct mt_table *t, struct mtunnel *mt)
 	mt_detach(t, mt, 0);
 	mt_detach(t, mt, 1);
 	memset(mt, 0, sizeof(*mt));
-	mt->state = MT_CLOSED;
+	mt->state = MTS_CLOSED;
 	mt->free_next = t->free;
 	t->free = mt;
 	t->live--;
@@ -302,14 +302,15 @@ void mtunnel_free(struct mt_table *t, struct mtunnel *mt)
 
 void mtunnel_set_open(struct mtunnel *mt, uint32_t credit0, uint32_t credit1)
 {
-	mt->state = MT_OPEN;
+	mt->state = MTS_OPEN;
 	mt->leg[0].credit = credit0 > MT_CREDIT_MAX ? MT_CREDIT_MAX : credit0;
 	mt->leg[1].credit = credit1 > MT_CREDIT_MAX ? MT_CREDIT_MAX : credit1;
 }
 
 static bool mt_leg_closed(const struct mtunnel *mt, int leg)
 {
-	return mt->state == MT_CLOSED || mt->state == (leg ? MT_HALF_CLOSED_1 : MT_HALF_CLOSED_0);
+	return mt->state == MTS_CLOSED ||
+	       mt->state == (leg ? MTS_HALF_CLOSED_1 : MTS_HALF_CLOSED_0);
 }
 
 int mtunnel_on_data(struct mtunnel *mt, int leg, uint32_t seq, uint32_t len, uint64_t now_ms)
@@ -346,11 +347,11 @@ int mtunnel_on_fin(struct mtunnel *mt, int leg)
 	leg &= 1;
 	if (mt_leg_closed(mt, leg))
 		return -EPIPE;
-	if (mt->state == (leg ? MT_HALF_CLOSED_0 : MT_HALF_CLOSED_1)) {
-		mt->state = MT_CLOSED;
+	if (mt->state == (leg ? MTS_HALF_CLOSED_0 : MTS_HALF_CLOSED_1)) {
+		mt->state = MTS_CLOSED;
 		return 1;
 	}
-	mt->state = leg ? MT_HALF_CLOSED_1 : MT_HALF_CLOSED_0;
+	mt->state = leg ? MTS_HALF_CLOSED_1 : MTS_HALF_CLOSED_0;
 	return 0;
 }
 

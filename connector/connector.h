@@ -68,4 +68,7 @@ struct probe *probe_start(struct prober *pr, const char *host, uint16_t port, ui
 /* No callback after this; p must not have called back yet. */
 void probe_cancel(struct probe *p);
 
+/* daemon.c: mtun-connector run, control sessions to the brokers, BIND to the apps */
+int connector_run(int argc, char **argv);
+
 #endif

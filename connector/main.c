@@ -1,4 +1,4 @@
-/* mtun-connector: subcommands from a table (wireguard-tools wg.c style); enrollment for now. */
+/* mtun-connector: subcommands from a table (wireguard-tools wg.c style). */
 #include <stdio.h>
 #include <string.h>
 
@@ -6,6 +6,7 @@
 
 #include "enroll.h"
 #include "log.h"
+#include "connector.h"
 
 static int cmd_enroll(int argc, char **argv)
 {
@@ -15,6 +16,11 @@ static int cmd_enroll(int argc, char **argv)
 static int cmd_renew(int argc, char **argv)
 {
 	return enroll_cli(MT_ROLE_CONNECTOR, true, argc, argv);
+}
+
+static int cmd_run(int argc, char **argv)
+{
+	return connector_run(argc, argv);
 }
 
 static int cmd_help(int argc, char **argv);
@@ -28,6 +34,7 @@ static const struct {
      "--ca HOST:PORT --ca-fingerprint sha256:HEX --token TOKEN [--state DIR] [--id ID]"},
     {"renew", cmd_renew,
      "renew over mTLS when due [--state DIR] [--force] [--watch: keep renewing]"},
+    {"run", cmd_run, "--config FILE: serve the brokers' BINDs (docs/connector.md)"},
     {"help", cmd_help, "show this help"},
 };
 

@@ -103,7 +103,7 @@ static void lookup_and_leg_swap(void)
 	mt_conn_init(&other, 0);
 	m = mtunnel_new(t, &agent, 0, 42, 9, 1234, &err);
 	T_REQUIRE(m);
-	T_EQ(m->state, MT_OPENING);
+	T_EQ(m->state, MTS_OPENING);
 	T_EQ(m->segment_id, 42);
 	T_EQ(m->rule_id, 9);
 	T_EQ(m->start_ms, 1234);
@@ -222,7 +222,7 @@ static void sequence_and_credit(void)
 	mt_conn_init(&b, 0);
 	m = open_pair(t, &a, &b);
 	T_REQUIRE(m);
-	T_EQ(m->state, MT_OPEN);
+	T_EQ(m->state, MTS_OPEN);
 	T_EQ(mtunnel_on_data(m, 0, 0, 600, 5), 0);
 	T_EQ(mtunnel_on_data(m, 0, 1, 400, 6), 0);
 	T_EQ(m->leg[0].credit, 0);
@@ -262,19 +262,19 @@ static void half_close_each_way(void)
 	m = open_pair(t, &a, &b);
 	T_REQUIRE(m);
 	T_EQ(mtunnel_on_fin(m, 0), 0);
-	T_EQ(m->state, MT_HALF_CLOSED_0);
+	T_EQ(m->state, MTS_HALF_CLOSED_0);
 	T_STREQ(mt_state_name((enum mt_state)m->state), "half-closed-0");
 	T_EQ(mtunnel_on_data(m, 0, 0, 1, 0), -EPIPE); /* nothing after FIN */
 	T_EQ(mtunnel_on_fin(m, 0), -EPIPE);
 	T_EQ(mtunnel_on_data(m, 1, 0, 10, 0), 0); /* the other way still flows */
 	T_EQ(mtunnel_on_fin(m, 1), 1);
-	T_EQ(m->state, MT_CLOSED);
+	T_EQ(m->state, MTS_CLOSED);
 	T_EQ(mtunnel_on_data(m, 1, 1, 1, 0), -EPIPE);
 
 	m = open_pair(t, &a, &b);
 	T_REQUIRE(m);
 	T_EQ(mtunnel_on_fin(m, 1), 0);
-	T_EQ(m->state, MT_HALF_CLOSED_1);
+	T_EQ(m->state, MTS_HALF_CLOSED_1);
 	T_EQ(mtunnel_on_fin(m, 0), 1);
 	mt_table_free(t);
 }

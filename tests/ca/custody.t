@@ -14,7 +14,6 @@ case "$build" in /*) ;; *) build=$top/$build ;; esac
 ca=$build/ca/mtun-ca
 ctl=$build/tools/mtunctl
 broker=$build/broker/mtun-broker
-[ -x "$broker" ] || broker=$build/ca/mtun-broker
 ik=$build/ca/mtun-ca-inspkey
 scan=$top/tests/ca/keyscan.py
 
