@@ -18,7 +18,7 @@ connector=$build/connector/mtun-connector
 agent=$build/agent/mtun-agent
 ctl=$build/tools/mtunctl
 svc=198.18.0.1
-bport=9443
+bport=9444
 
 for b in "$broker" "$connector" "$agent" "$ctl"; do
 	if [ ! -x "$b" ]; then

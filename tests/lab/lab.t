@@ -13,6 +13,8 @@ app_ip=198.19.1.10
 inet_ip=198.18.2.2
 edge_svc=198.18.0.1
 scan=$top/tests/ca/keyscan.py
+build=${MTUN_BUILD:-$top/build}
+case $build in /*) ;; *) build=$top/$build ;; esac
 n=0
 tmp=$(mktemp -d /tmp/mtun-lab-t.XXXXXX)
 
@@ -40,6 +42,13 @@ skip() {
 	echo "ok $n - $1 # SKIP $2"
 }
 diag() { sed 's/^/# /' "$@" >&2; }
+# running PID [STARTTIME]: PID runs (a zombie does not; its parent, often init, reaps it).
+running() {
+	local stat f
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	read -r -a f <<<"${stat##*) }"
+	[ "${f[0]}" != Z ] && { [ -z "${2:-}" ] || [ "${f[19]}" = "$2" ]; }
+}
 
 checks=("up succeeds" "every node has its namespace" "ssh from conn reaches server01"
 	"curl from conn gets server01's page" "client cannot connect to the app's sshd"
@@ -52,8 +61,12 @@ checks=("up succeeds" "every node has its namespace" "ssh from conn reaches serv
 	"the key-encryption secret is 0600 in the 0700 state dir, in no output, log or command line"
 	"no unencrypted private key in the CA's or the components' files"
 	"status shows the CA (pid, address, tenant) and the enrolled identities"
+	"broker (198.18.0.1:9443) and connector (control session up) run after up, and status shows them"
+	"a forward-mode agent in client carries ssh hostname to server01 through broker and connector"
+	"no sanitizer report in the lab's logs while it runs"
 	"a second up is a no-op success" "down removes namespaces, cgroup, processes and state"
-	"down leaves neither mtun-ca nor its signer running" "a second down succeeds"
+	"down leaves neither mtun-ca nor its signer running"
+	"down leaves neither the broker nor the connector running" "a second down succeeds"
 	"a failed build stops up with the compiler's output and makes nothing"
 	"a failed up says why and removes what it made"
 	"the host's resolv.conf, hosts, ssh_config, ~/.ssh and /run/sshd are unchanged"
@@ -237,6 +250,70 @@ status_ca() {
 }
 ok "status shows the CA (pid, address, tenant) and the enrolled identities" status_ca
 
+# mtun: the broker in edge and the connector in conn, started by up.
+daemons_up() {
+	local f pid start name bad=0
+	for f in broker connector; do
+		read -r pid start name <"$state/pids/$f" 2>/dev/null || { echo "# no record of $f" >&2; return 1; }
+		running "$pid" "$start" || { echo "# $name ($pid) is not running" >&2; bad=1; }
+	done
+	read -r pid start name <"$state/pids/broker"
+	[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mtun-broker ] || bad=1
+	ip netns exec "$prefix-edge" ss -Hltnp "src $edge_svc and sport = :9443" |
+		grep -q "pid=$pid," || { echo "# the broker does not listen on $edge_svc:9443" >&2; bad=1; }
+	grep -q "event=broker.connector.up connector=conn" "$state/logs/broker.log" ||
+		{ diag "$state/logs/broker.log"; bad=1; }
+	grep -q "event=connector.control.up" "$state/logs/connector.log" ||
+		{ diag "$state/logs/connector.log"; bad=1; }
+	"$lab" status >"$tmp/status2.out" 2>&1 || bad=1
+	grep -Eq "^  mtun +edge/broker +pid $pid, listening on 198\.18\.0\.1:9443" "$tmp/status2.out" || bad=1
+	read -r pid start name <"$state/pids/connector"
+	grep -Eq "^  mtun +conn/connector +pid $pid, control session up to 198\.18\.0\.1:9443" \
+		"$tmp/status2.out" || bad=1
+	[ $bad -eq 0 ] || diag "$tmp/status2.out"
+	return $bad
+}
+ok "broker (198.18.0.1:9443) and connector (control session up) run after up, and status shows them" daemons_up
+
+# The agent's forward mode, as the summary of up shows it.
+forward_ssh() {
+	local fpid out bad=0
+	grep -q -- "mtun-agent forward --broker 198.18.0.1:9443" "$tmp/up.out" ||
+		{ echo "# up does not show how to try mtun-agent forward" >&2; bad=1; }
+	(exec "$lab" exec client -- "$build/agent/mtun-agent" forward --broker "$edge_svc:9443" \
+		--state "$state/client/agent" --listen 127.0.0.1:2222 \
+		--to server01.corp.example:22) </dev/null >"$tmp/fwd.log" 2>&1 &
+	fpid=$!
+	for _ in $(seq 200); do
+		grep -q "event=agent.session.up" "$tmp/fwd.log" &&
+			ip netns exec "$prefix-client" ss -Hltn "sport = :2222" | grep -q LISTEN && break
+		kill -0 "$fpid" 2>/dev/null || break
+		sleep 0.05
+	done
+	out=$("$lab" exec client -- ssh -p 2222 -o HostKeyAlias=server01.corp.example root@127.0.0.1 \
+		hostname 2>"$tmp/fwd-ssh.err")
+	[ "$out" = server01 ] || { echo "# got: '$out'" >&2; diag "$tmp/fwd-ssh.err" "$tmp/fwd.log"; bad=1; }
+	grep -q "event=mtunnel.open" "$state/logs/broker.log" || { echo "# the broker logged no mtunnel" >&2; bad=1; }
+	# stopped by its PID (exec keeps it): it exits 0 on SIGTERM
+	kill -TERM "$fpid" 2>/dev/null
+	wait "$fpid" || { echo "# the agent exited $? on SIGTERM" >&2; bad=1; }
+	return $bad
+}
+if [ -x "$build/agent/mtun-agent" ]; then
+	ok "a forward-mode agent in client carries ssh hostname to server01 through broker and connector" forward_ssh
+else
+	skip "a forward-mode agent in client carries ssh hostname to server01 through broker and connector" \
+		"$build/agent/mtun-agent not built"
+fi
+
+# A sanitizer build (MTUN_BUILD) reports into the daemons' logs while they run.
+no_sanitizer() {
+	local hit
+	hit=$(grep -l "Sanitizer\|runtime error:" "$state"/logs/*.log "$tmp/fwd.log" 2>/dev/null)
+	[ -z "$hit" ] || { echo "# sanitizer report in: $hit" >&2; return 1; }
+}
+ok "no sanitizer report in the lab's logs while it runs" no_sanitizer
+
 # The recorded servers, before the second up and before down.
 cat "$state"/pids/* >"$tmp/pids"
 second_up() {
@@ -254,14 +331,6 @@ while ! grep -q "^0::/$prefix/client" "/proc/$stray/cgroup" 2>/dev/null; do
 	[ -e "/proc/$stray" ] || break
 	sleep 0.05
 done
-
-# running PID [STARTTIME]: PID runs (a zombie does not; its parent, often init, reaps it).
-running() {
-	local stat f
-	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-	read -r -a f <<<"${stat##*) }"
-	[ "${f[0]}" != Z ] && { [ -z "${2:-}" ] || [ "${f[19]}" = "$2" ]; }
-}
 
 down_clean() {
 	local pid start name f bad=0
@@ -298,6 +367,22 @@ no_ca_left() {
 	return $bad
 }
 ok "down leaves neither mtun-ca nor its signer running" no_ca_left
+
+no_daemon_left() {
+	local pid start name found=0 bad=0 p
+	while read -r pid start name; do
+		case $name in
+		edge/broker | conn/connector)
+			found=$((found + 1))
+			running "$pid" "$start" && { echo "# $name ($pid) still running" >&2; bad=1; }
+			;;
+		esac
+	done <"$tmp/pids"
+	[ $found -eq 2 ] || { echo "# up recorded $found of the broker and the connector" >&2; return 1; }
+	p=$(pgrep -f -- "run --config $state/") && { echo "# $p still run from the lab's configs" >&2; bad=1; }
+	return $bad
+}
+ok "down leaves neither the broker nor the connector running" no_daemon_left
 
 second_down() { "$lab" down >&2; }
 ok "a second down succeeds" second_down
