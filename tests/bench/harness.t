@@ -95,6 +95,9 @@ net = ["tput1_gbps", "tput4_gbps", "rr_p50_us", "rr_p99_us", "cps", "cps_p99_ms"
 want = {m: net for m in ("direct", "ssh", "stunnel", "wireguard", "mtun", "mtun-forward")}
 for m in ("ssh", "stunnel", "wireguard"):
     want[m] = net + ["cpu_s_per_gb"]
+# A running mtun-forward is measured like a peer (its processes' CPU included).
+if any(not r.get("skipped") and r["metric"] == "tput1_gbps" for r in recs if r["mode"] == "mtun-forward"):
+    want["mtun-forward"] = net + ["cpu_s_per_gb"]
 for m in ("codec", "tls", "ca", "inspect"):
     want[m] = [None]
 want["crypto"] = ["aes128gcm_16k_MBps", "ecdsap256_sign_per_s"]
@@ -110,7 +113,7 @@ for mode, metrics in want.items():
                     bad.append("skip without a reason: %s %s" % (mode, r["metric"]))
             elif not isinstance(r.get("median"), (int, float)) or r["median"] <= 0:
                 bad.append("no positive median: %s %s" % (mode, r["metric"]))
-            elif mode in ("ssh", "stunnel", "wireguard") and metric in net and \
+            elif mode in ("ssh", "stunnel", "wireguard", "mtun-forward") and metric in net and \
                     not isinstance(r["ratios"].get("direct"), (int, float)):
                 bad.append("no ratio to direct: %s %s" % (mode, r["metric"]))
 for m in ("mtun", "mtun-forward"):
@@ -127,10 +130,19 @@ ok $? "the JSON has a figure or a reasoned skip for every mode and metric" "$che
 peers=$("$py" -c '
 import json, sys
 recs = json.load(open(sys.argv[1]))["records"]
-print(" ".join(sorted({r["mode"] for r in recs if not r.get("skipped") and r["metric"] == "tput1_gbps"})))
+print(" ".join(sorted({r["mode"] for r in recs if not r.get("skipped") and r["metric"] == "tput1_gbps"
+                       and not r["mode"].startswith("mtun")})))
 ' "$tmp/b.json" 2>&1)
 ok "$([ "$peers" = "direct ssh stunnel wireguard" ] && echo 0 || echo 1)" \
 	"every peer mode carried traffic" "measured: $peers"
+# What mtun-forward did (measured, or skipped and why), for the reader.
+"$py" -c '
+import json, sys
+recs = [r for r in json.load(open(sys.argv[1]))["records"] if r["mode"] == "mtun-forward"]
+got = ["%s=%s" % (r["metric"], r["median"]) for r in recs if not r.get("skipped")]
+why = sorted({r["reason"] for r in recs if r.get("skipped")})
+print("# mtun-forward: " + (" ".join(got) if got else "skipped: " + "; ".join(why)))
+' "$tmp/b.json" 2>/dev/null
 
 left=$(leftovers "$id1")
 ok "$([ -z "$left" ] && [ -s "$tmp/seen-$id1" ] && echo 0 || echo 1)" \
