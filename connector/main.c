@@ -1,11 +1,6 @@
 /* mtun-connector: subcommands from a table (wireguard-tools wg.c style). */
-#include <stdio.h>
-#include <string.h>
-
-#include <openssl/crypto.h>
-
+#include "cli.h"
 #include "enroll.h"
-#include "log.h"
 #include "connector.h"
 
 static int cmd_enroll(int argc, char **argv)
@@ -23,40 +18,15 @@ static int cmd_run(int argc, char **argv)
 	return connector_run(argc, argv);
 }
 
-static int cmd_help(int argc, char **argv);
-
-static const struct {
-	const char *name;
-	int (*fn)(int argc, char **argv);
-	const char *help;
-} cmds[] = {
+static const struct cli_cmd cmds[] = {
     {"enroll", cmd_enroll,
      "--ca HOST:PORT --ca-fingerprint sha256:HEX --token TOKEN [--state DIR] [--id ID]"},
     {"renew", cmd_renew,
      "renew over mTLS when due [--state DIR] [--force] [--watch: keep renewing]"},
     {"run", cmd_run, "--config FILE: serve the brokers' BINDs (docs/connector.md)"},
-    {"help", cmd_help, "show this help"},
 };
-
-static int cmd_help(int argc, char **argv)
-{
-	printf("Usage: mtun-connector COMMAND [options]\n\n");
-	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		printf("  %-8s %s\n", cmds[i].name, cmds[i].help);
-	return 0;
-}
 
 int main(int argc, char **argv)
 {
-	log_init("mtun-connector", LOG_LVL_INFO);
-	CRYPTO_secure_malloc_init(1 << 15, 32);
-	if (argc < 2) {
-		cmd_help(0, NULL);
-		return 1;
-	}
-	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		if (strcmp(argv[1], cmds[i].name) == 0)
-			return cmds[i].fn(argc - 1, argv + 1) ? 1 : 0;
-	log_warnx("unknown command '%s' (try mtun-connector help)", argv[1]);
-	return 1;
+	return cli_main("mtun-connector", cmds, sizeof(cmds) / sizeof(cmds[0]), argc, argv);
 }
