@@ -374,22 +374,36 @@ struct bd {
 	int lfd;
 };
 
+#define bconn_of(c) ((struct bconn *)((char *)(c)-offsetof(struct bconn, mc)))
+
 /* switch.c */
 uint64_t bd_now_ms(void);
 /* Sends (or queues behind earlier refused frames) one encoded frame to a peer. */
 int bpeer_send_frame(struct bpeer *p, const uint8_t *frame, size_t len);
 int bpeer_send_msg(struct bpeer *p, const struct mt_msg *m);
 void bpeer_flush(struct bpeer *p);
-void bd_on_open(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr, const uint8_t *frame,
-                size_t len);
-void bd_on_bind_reply(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr,
-                      const uint8_t *frame, size_t len);
 /* DATA, WINDOW, FIN, RESET from leg conn bc. */
 void bd_switch(struct bd *bd, struct bpeer *p, struct bconn *bc, struct mt_hdr *hdr, uint8_t *frame,
                size_t len);
 /* Ends every mtunnel with a leg on bc, telling the other legs. */
 void bd_reset_conn(struct bd *bd, struct bconn *bc, enum mt_status status, const char *reason);
+/* The peer that carries leg (0 agent, 1 connector), or NULL. */
+struct bpeer *leg_peer(const struct mtunnel *mt, int leg);
+void bd_reply(struct bpeer *p, enum mt_frame_type type, uint32_t id, enum mt_status st,
+              uint32_t window, const char *reason);
+/*
+ * Ends mt: OPEN_REPLY (still opening) or RESET to the legs other than skip_leg (-1: both,
+ * 2: neither), logs the end and frees it.
+ */
+void bd_end(struct bd *bd, struct mtunnel *mt, enum mt_status st, const char *reason, int skip_leg);
+
+/* open.c */
 struct bopen *bd_find_open(struct bd *bd, const struct mtunnel *mt);
+void bopen_free(struct bopen *o);
+void bd_on_open(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr, const uint8_t *frame,
+                size_t len);
+void bd_on_bind_reply(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr,
+                      const uint8_t *frame, size_t len);
 
 /* daemon.c */
 int broker_run(int argc, char **argv);
