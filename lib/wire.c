@@ -3,6 +3,7 @@
  * under the same rules, so that nothing is sent that a peer would refuse.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
@@ -206,6 +207,10 @@ static bool ip6_ok(const uint8_t *p, size_t len)
 
 	if (len == 0 || len >= sizeof(s))
 		return false;
+	/* inet_pton stops at a NUL: "::1\0junk" would pass and be read as "::1" later. */
+	for (size_t i = 0; i < len; i++)
+		if (!isxdigit(p[i]) && p[i] != ':' && p[i] != '.')
+			return false;
 	memcpy(s, p, len);
 	s[len] = '\0';
 	return inet_pton(AF_INET6, s, &a) == 1;

@@ -650,6 +650,14 @@ static void refuse_bad_strings(void)
 	T_EQ(wire_encode(buf, sizeof(buf), &bm), -EINVAL);
 	bm.u.bind.broker = S("broker.example:8443");
 	T_CHECK(wire_encode(buf, sizeof(buf), &bm) > 0);
+	/* An IPv6 literal with a NUL inside would be read back shorter than it was checked. */
+	bm.u.bind.broker = (struct mt_bytes){(const uint8_t *)"[::1\0x]:8443", 12};
+	T_EQ(wire_encode(buf, sizeof(buf), &bm), -EINVAL);
+	bm.u.bind.broker = S("[::1]:8443");
+	bm.u.bind.host = (struct mt_bytes){(const uint8_t *)"::1\0::2", 8};
+	T_EQ(wire_encode(buf, sizeof(buf), &bm), -EINVAL);
+	bm.u.bind.host = S("2001:db8::10");
+	T_CHECK(wire_encode(buf, sizeof(buf), &bm) > 0);
 }
 
 static void refuse_name_too_long(void)
