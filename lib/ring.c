@@ -132,6 +132,7 @@ struct ring {
 	ring_signal_fn *sig_cb;
 	void *sig_arg;
 	struct ring_stats stats;
+	struct ring_defer *defer_head, **defer_tail;
 };
 
 static struct ring_op *op_get(struct ring *r, uint8_t kind, int fd, void *arg)
@@ -886,6 +887,47 @@ void ring_free(struct ring *r)
 	free(r);
 }
 
+void ring_defer(struct ring *r, struct ring_defer *d, ring_call_fn *fn, void *arg)
+{
+	if (d->pprev)
+		return;
+	if (!r->defer_tail)
+		r->defer_tail = &r->defer_head;
+	d->fn = fn;
+	d->arg = arg;
+	d->next = NULL;
+	d->pprev = r->defer_tail;
+	*r->defer_tail = d;
+	r->defer_tail = &d->next;
+	d->ring = r; /* cancel fixes the tail from d alone */
+}
+
+void ring_defer_cancel(struct ring_defer *d)
+{
+	struct ring *r;
+
+	if (!d || !d->pprev)
+		return;
+	r = d->ring;
+	*d->pprev = d->next;
+	if (d->next)
+		d->next->pprev = d->pprev;
+	else
+		r->defer_tail = d->pprev;
+	d->next = NULL;
+	d->pprev = NULL;
+}
+
+static void ring_run_defers(struct ring *r)
+{
+	struct ring_defer *d;
+
+	while ((d = r->defer_head)) {
+		ring_defer_cancel(d);
+		d->fn(r, d->arg);
+	}
+}
+
 int ring_run(struct ring *r)
 {
 	int ret;
@@ -902,6 +944,9 @@ int ring_run(struct ring *r)
 	}
 	r->stop = false;
 	while (!r->stop) {
+		ring_run_defers(r);
+		if (r->stop)
+			break;
 		ret = io_uring_submit_and_wait(&r->uring, 1);
 		r->stats.loops++;
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {

@@ -38,7 +38,9 @@
  * kernel would keep a closed socket alive under a live operation.
  *
  * Sends on one fd are carried out in the order they were started, one at a time; each
- * send's buffer must stay valid until its callback (or the cancel's callback).
+ * send's buffer must stay valid until its callback (or the cancel's callback). The socket
+ * must not be O_NONBLOCK: on one, io_uring ends a send with -EAGAIN when the socket
+ * buffer is full instead of waiting for room (read it with MSG_DONTWAIT instead).
  */
 
 struct ring;
@@ -121,6 +123,22 @@ int ring_cancel_fd(struct ring *ring, int fd, ring_done_fn *cb, void *arg);
 /* Cancels as ring_cancel_fd, then closes fd; cb (may be NULL) gets close's result.
  * Until then new operations on fd are refused with -EBADF. */
 int ring_close(struct ring *ring, int fd, ring_done_fn *cb, void *arg);
+
+/*
+ * A call made once after the completions at hand are dispatched, before the ring waits
+ * again: work batched per loop iteration (one flush for many writes) without a timer.
+ * The caller embeds d (zeroed) and keeps it valid while queued; queuing a queued d does
+ * nothing. Calls queued by a deferred call run in the same round.
+ */
+struct ring_defer {
+	struct ring_defer *next, **pprev; /* pprev NULL: not queued */
+	struct ring *ring;
+	ring_call_fn *fn;
+	void *arg;
+};
+void ring_defer(struct ring *ring, struct ring_defer *d, ring_call_fn *fn, void *arg);
+/* Unqueues d if queued; its call will not run. */
+void ring_defer_cancel(struct ring_defer *d);
 
 /* One-shot timer after ns nanoseconds; *id (may be NULL) is the handle to cancel it. */
 int ring_timer_add(struct ring *ring, uint64_t ns, ring_timer_fn *cb, void *arg, ring_timer_t *id);

@@ -7,7 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -20,12 +23,11 @@
 
 #define SESS_RX_CAP     (2 * MT_FRAME_MAX)
 #define SESS_WINDOW_DEF (1U << 20)
-#define SESS_HIGH_DEF   (64U << 10)
-#define SESS_LOW_DEF    (16U << 10)
+#define SESS_HIGH_DEF   (96U << 10)
+#define SESS_LOW_DEF    (32U << 10)
 #define SESS_IDLE_DEF   15000U
 #define SESS_DEAD_DEF   45000U
 #define SESS_HS_DEF     10000U
-#define SESS_FLUSH_NOW  (16U << 10) /* pending ciphertext sent at once, not next loop */
 #define SESS_LINGER_NS  2000000000ULL
 #define SESS_WHY_MAX    256
 #define DIAL_BASE_DEF   250U
@@ -71,7 +73,8 @@ struct session {
 	bool blocked_out; /* a sender got -EAGAIN from the watermark or a full TLS buffer */
 	bool blocked_win; /* a sender got -EAGAIN from the connection window */
 	bool write_failed;
-	ring_timer_t flush_timer, ka_timer, linger_timer;
+	ring_timer_t ka_timer, linger_timer;
+	struct ring_defer flush;
 
 	uint64_t send_credit; /* DATA bytes the peer still accepts */
 	uint64_t recv_credit; /* DATA bytes we still accept */
@@ -256,6 +259,7 @@ static void sess_freed(struct ring *ring, int res, void *arg)
 {
 	struct session *s = arg;
 
+	ring_defer_cancel(&s->flush);
 	tls_conn_free(s->tls);
 	OPENSSL_cleanse(s->rx, sizeof(s->rx));
 	free(s);
@@ -266,7 +270,7 @@ static void sess_finish(struct session *s)
 	if (s->state == SESS_CLOSED)
 		return;
 	s->state = SESS_CLOSED;
-	timer_stop(s, &s->flush_timer);
+	ring_defer_cancel(&s->flush);
 	timer_stop(s, &s->ka_timer);
 	timer_stop(s, &s->linger_timer);
 	if (ring_close(s->ring, s->fd, sess_freed, s) < 0) {
@@ -388,7 +392,6 @@ static void sess_flush(struct ring *ring, void *arg)
 {
 	struct session *s = arg;
 
-	s->flush_timer = 0;
 	if (s->write_failed && s->state < SESS_CLOSING) {
 		sess_fail(s, MT_STATUS_ERROR, false, "%s", tls_conn_why(s->tls));
 		return;
@@ -396,10 +399,8 @@ static void sess_flush(struct ring *ring, void *arg)
 	sess_send_now(s);
 }
 
-/*
- * Batching: output written during one loop iteration goes out in one send, from a
- * zero-length timer that completes on the next submission; a full record goes at once.
- */
+/* Batching: output written during one loop iteration goes out in one send, made when
+ * the ring has dispatched the completions at hand. */
 static void sess_kick(struct session *s)
 {
 	size_t pending = tls_conn_pending(s->tls);
@@ -408,14 +409,7 @@ static void sess_kick(struct session *s)
 		return;
 	if (pending == 0 && !(s->write_failed && s->state < SESS_CLOSING))
 		return;
-	if (pending >= SESS_FLUSH_NOW && !s->write_failed) {
-		sess_send_now(s);
-		return;
-	}
-	if (!s->flush_timer && ring_timer_add(s->ring, 0, sess_flush, s, &s->flush_timer) < 0) {
-		s->flush_timer = 0;
-		sess_send_now(s);
-	}
+	ring_defer(s->ring, &s->flush, sess_flush, s);
 }
 
 /* One whole frame into TLS, or nothing. force: control frames ignore the watermark. */
@@ -810,7 +804,7 @@ static struct session *sess_create(struct ring *ring, struct tls_ctx *ctx, int f
                                    void *arg)
 {
 	struct session *s;
-	int ret;
+	int ret, one = 1;
 
 	if (!ring || !ctx || fd < 0 || !ops) {
 		errno = EINVAL;
@@ -827,6 +821,9 @@ static struct session *sess_create(struct ring *ring, struct tls_ctx *ctx, int f
 		errno = ENOMEM;
 		return NULL;
 	}
+	/* Output is batched per loop iteration already: Nagle would hold back the WINDOW and
+	 * the last record of a burst for a delayed ACK. Fails harmlessly on non-TCP sockets. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	s->ring = ring;
 	s->fd = fd;
 	s->ops = ops;
@@ -888,7 +885,9 @@ static int sess_send_checked(struct session *s, const uint8_t *frame, size_t len
 		s->blocked_win = true;
 		return -EAGAIN;
 	}
-	ret = sess_write(s, frame, len, false);
+	/* The watermark holds back DATA only: control frames are small, their senders rarely
+	 * have a way to retry, and a FIN, RESET or BIND_REPLY dropped leaves an mtunnel hung. */
+	ret = sess_write(s, frame, len, h->type != MT_DATA);
 	if (ret == 0 && h->type == MT_DATA) {
 		s->send_credit -= h->len;
 		s->st.data_out += h->len;

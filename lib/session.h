@@ -60,7 +60,7 @@ struct session_opts {
 	/* Connection window granted to the peer: 0 = 1 MiB, at most MT_WINDOW_MAX. */
 	uint32_t recv_window;
 	/* Ciphertext waiting to be sent: sends fail with -EAGAIN above high, on_writable fires
-	 * below low. 0 = 64 KiB and 16 KiB. Keep high + 17 KiB under the tls_conf out_size. */
+	 * below low. 0 = 96 KiB and 32 KiB. Keep high + 17 KiB under the tls_conf out_size. */
 	size_t high_water, low_water;
 	/* PING after idle_ms without a frame from the peer, close after dead_ms; the TLS
 	 * handshake and HELLOs must be done within handshake_ms. 0 = 15 s, 45 s, 10 s. */
@@ -85,8 +85,9 @@ struct session *session_new(struct ring *ring, struct tls_ctx *ctx, int fd,
 
 /*
  * Sending, after on_established only (-ENOTCONN before, -EPIPE once closing). 0, or
- * -EAGAIN: output above the high watermark, or DATA beyond the peer's connection window
- * (wait for on_writable; nothing was queued). -EINVAL: m does not encode, frame is not
+ * -EAGAIN: DATA with output above the high watermark or beyond the peer's connection
+ * window, or any frame when the TLS buffer itself is full (wait for on_writable; nothing
+ * was queued). Frames other than DATA pass the watermark. -EINVAL: m does not encode, frame is not
  * one valid frame, or it is one the session keeps to itself (HELLO, PING, PONG, ERROR,
  * WINDOW on id 0: see session_close and session_consumed).
  */
@@ -95,7 +96,8 @@ int session_send_frame(struct session *s, const uint8_t *frame, size_t len);
 /* WINDOW for an mtunnel (id != 0); not held back by the high watermark. 0, -EAGAIN (the
  * TLS buffer itself is full), -EINVAL, -ENOTCONN, -EPIPE. */
 int session_send_window(struct session *s, uint32_t id, uint32_t increment);
-/* The caller has disposed of n DATA payload bytes received: grants connection window. */
+/* n DATA payload bytes received were taken off the connection (into a buffer the
+ * mtunnel window bounds, or dropped): grants connection window, a quarter at a time. */
 void session_consumed(struct session *s, size_t n);
 /* DATA payload bytes the peer lets us send now on the connection. */
 uint32_t session_send_credit(const struct session *s);

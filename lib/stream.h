@@ -18,8 +18,8 @@ struct stream;
 /* Runs once, when the stream starts closing: the owner unlinks it; it is freed later. */
 typedef void stream_end_fn(struct stream *st, void *arg);
 
-/* Takes fd (a connected TCP socket, made non-blocking here). recv_window: the window we
- * grant the far side (sent in OPEN or BIND_REPLY). NULL + errno. */
+/* Takes fd (a connected TCP socket, made blocking here: see ring.h on sends). recv_window: the
+ * window we grant the far side (sent in OPEN or BIND_REPLY). NULL + errno. */
 struct stream *stream_new(struct ring *ring, int fd, uint32_t id, uint32_t recv_window,
                           stream_end_fn *end, void *arg);
 /* The far side granted send_credit: start pumping the socket onto s. */

@@ -166,6 +166,63 @@ static void test_timers_order_and_cancel(void)
 	ring_free(ring);
 }
 
+/* ---- deferred calls ---- */
+
+static struct ring_defer dfa, dfb, dfc, dfd;
+static int defer_order[8], defer_n;
+static uint64_t defer_loops_seen;
+
+static void defer_rec(struct ring *ring, void *arg)
+{
+	struct ring_stats st;
+
+	if (defer_n < 8)
+		defer_order[defer_n++] = (int)(intptr_t)arg;
+	ring_get_stats(ring, &st);
+	defer_loops_seen = st.loops;
+	if ((intptr_t)arg == 1) {
+		ring_defer_cancel(&dfc);                      /* queued behind us: never runs */
+		ring_defer(ring, &dfd, defer_rec, (void *)4); /* runs in this same round */
+	}
+}
+
+static void defer_from_timer(struct ring *ring, void *arg)
+{
+	defer_n = 0;
+	ring_defer(ring, &dfa, defer_rec, (void *)1);
+	ring_defer(ring, &dfa, defer_rec, (void *)9); /* already queued: no second call */
+	ring_defer(ring, &dfb, defer_rec, (void *)2);
+	ring_defer(ring, &dfc, defer_rec, (void *)3);
+	ring_timer_add(ring, 10 * MS, stop_cb, NULL, NULL);
+}
+
+static void test_defer_once_per_round(void)
+{
+	struct ring *ring = ring_with_guard(3000);
+	struct ring_stats st;
+
+	T_REQUIRE(ring);
+	memset(&dfa, 0, sizeof(dfa));
+	memset(&dfb, 0, sizeof(dfb));
+	memset(&dfc, 0, sizeof(dfc));
+	memset(&dfd, 0, sizeof(dfd));
+	defer_n = 0;
+	/* Queued before the first ring_run: runs before the ring ever waits. */
+	ring_defer(ring, &dfb, defer_rec, (void *)7);
+	T_REQUIRE(ring_timer_add(ring, 5 * MS, defer_from_timer, NULL, NULL) == 0);
+	T_EQ(ring_run(ring), 0);
+	T_CHECK(!guard_fired);
+	/* 7 ran first (reset by the timer); then 1, 2, 4 in the timer's round, 3 cancelled. */
+	T_EQ(defer_n, 3);
+	T_EQ(defer_order[0], 1);
+	T_EQ(defer_order[1], 2);
+	T_EQ(defer_order[2], 4);
+	ring_get_stats(ring, &st);
+	T_CHECK(st.loops > defer_loops_seen); /* the stop timer came in a later loop */
+	T_CHECK(dfa.pprev == NULL && dfc.pprev == NULL);
+	ring_free(ring);
+}
+
 /* ---- accept ---- */
 
 #define NCLIENTS 6
@@ -1282,6 +1339,7 @@ int main(void)
 	log_init("test_ring", LOG_LVL_WARN);
 	T_RUN(test_stop_ends_run);
 	T_RUN(test_timers_order_and_cancel);
+	T_RUN(test_defer_once_per_round);
 	T_RUN(test_accept_multishot);
 	T_RUN(test_accept_rearmed_after_emfile);
 	T_RUN(test_connect);

@@ -3,7 +3,10 @@
  * than the far side's window, numbers DATA from 0, turns EOF into FIN and FIN into
  * shutdown, refuses DATA beyond the window it granted, and ends on RESET.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,6 +169,26 @@ static bool both_up(void)
 	return far.established && near_s;
 }
 
+static bool app_tcp; /* the app's end over TCP on loopback instead of a socketpair */
+
+static int tcp_pair(int fds[2])
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t alen = sizeof(a);
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), ret = -1;
+
+	fds[0] = fds[1] = -1;
+	if (l >= 0 && bind(l, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(l, 1) == 0 &&
+	    getsockname(l, (struct sockaddr *)&a, &alen) == 0 &&
+	    (fds[1] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) >= 0 &&
+	    connect(fds[1], (struct sockaddr *)&a, alen) == 0 &&
+	    (fds[0] = accept4(l, NULL, NULL, SOCK_CLOEXEC)) >= 0)
+		ret = 0;
+	if (l >= 0)
+		close(l);
+	return ret;
+}
+
 /* A session pair and a stream with window recv_window on a socketpair to app_fd. */
 static int setup_case(uint32_t recv_window, bool small_sndbuf)
 {
@@ -178,7 +201,7 @@ static int setup_case(uint32_t recv_window, bool small_sndbuf)
 	near_s = NULL;
 	ended = false;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0 ||
-	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, app) < 0)
+	    (app_tcp ? tcp_pair(app) : socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, app)) < 0)
 		return -1;
 	/* A small send buffer keeps a written DATA payload in flight while the app does not read.
 	 */
@@ -339,6 +362,185 @@ static void test_reset_closes_socket(void)
 	teardown_case();
 }
 
+/* A RESET reaches a TCP application as a reset, never as the EOF of a complete transfer;
+ * a clean close (FIN both ways) as an EOF. */
+static void test_reset_is_a_tcp_reset(void)
+{
+	struct mt_msg r = {.hdr = {.type = MT_RESET, .id = ID}};
+	struct mt_msg fin = {.hdr = {.type = MT_FIN, .id = ID}};
+	char c;
+
+	app_tcp = true;
+	T_REQUIRE(setup_case(65536, false) == 0);
+	stream_start(st, near_s, 65536);
+	far_data(0, "partial", 7);
+	r.u.reset.status = MT_STATUS_ERROR;
+	far_send(&r);
+	T_CHECK(run_until(got_end, GUARD_MS));
+	T_CHECK(run_until(app_eof, GUARD_MS));
+	errno = 0;
+	while (read(app_fd, &c, 1) == 1)
+		;
+	T_EQ(errno, ECONNRESET);
+	teardown_case();
+
+	T_REQUIRE(setup_case(65536, false) == 0);
+	stream_start(st, near_s, 65536);
+	far_data(0, "whole", 5);
+	far_send(&fin);
+	T_CHECK(shutdown(app_fd, SHUT_WR) == 0);
+	T_CHECK(run_until(got_end, GUARD_MS));
+	T_CHECK(run_until(app_eof, GUARD_MS));
+	errno = 0;
+	size_t n = 0;
+	while (read(app_fd, &c, 1) == 1)
+		n++;
+	T_EQ(n, 5);
+	T_EQ(errno, 0);
+	teardown_case();
+	app_tcp = false;
+}
+
+static bool far_can_send(void)
+{
+	return far.s && session_send_credit(far.s) > 0;
+}
+
+/* DATA of n bytes in full frames from seq 0, letting the ring run whenever the far
+ * session holds back (watermark or window). False if it stays stuck. */
+static bool far_send_bulk(size_t n)
+{
+	uint8_t frame[MT_FRAME_MAX];
+	uint32_t seq = 0;
+	uint64_t deadline = now_ms() + GUARD_MS;
+
+	memset(frame + MT_FRAME_HDR, 'd', MT_FRAME_MAX_PAYLOAD);
+	while (n > 0 && now_ms() < deadline) {
+		size_t k = n < MT_FRAME_MAX_PAYLOAD ? n : MT_FRAME_MAX_PAYLOAD;
+		int ret;
+
+		wire_encode_data_hdr(frame, ID, seq, (uint32_t)k);
+		ret = session_send_frame(far.s, frame, MT_FRAME_HDR + k);
+		if (ret == -EAGAIN) {
+			run_until(far_can_send, 20);
+			continue;
+		}
+		if (ret < 0)
+			return false;
+		seq++;
+		n -= k;
+	}
+	return n == 0;
+}
+
+static uint32_t credit_floor;
+static bool far_credit_back(void)
+{
+	return far.s && session_send_credit(far.s) >= credit_floor;
+}
+
+/*
+ * Regression (the forwarded path that stopped carrying data): the connection window came
+ * back only as the application read, so payload held for a slow application, or dropped
+ * when its mtunnel was reset, was never granted back; a few such mtunnels used up the
+ * session's window and every mtunnel on it stalled. Now it comes back on receipt.
+ */
+static void test_connection_window_not_held_by_app(void)
+{
+	struct mt_msg r = {.hdr = {.type = MT_RESET, .id = ID}};
+	const size_t sent = 20 * MT_FRAME_MAX_PAYLOAD; /* 320 KiB, over a quarter of 1 MiB */
+	uint32_t full;
+
+	T_REQUIRE(setup_case(1U << 20, true) == 0);
+	full = session_send_credit(far.s);
+	T_EQ(full, 1U << 20); /* the session default */
+	stream_start(st, near_s, 65536);
+	T_REQUIRE(far_send_bulk(sent));
+	/* The app reads nothing: at most a socket buffer of it has left the stream. */
+	credit_floor = full - (full / 4);
+	T_CHECK(run_until(far_credit_back, GUARD_MS));
+	T_CHECK(session_send_credit(far.s) >= credit_floor);
+	/* Reset with the payload still buffered: the session's window stays whole. */
+	r.u.reset.status = MT_STATUS_SHUTDOWN;
+	far_send(&r);
+	T_CHECK(run_until(got_end, GUARD_MS));
+	T_CHECK(!far.closed);
+	T_CHECK(session_send_credit(far.s) >= credit_floor);
+	teardown_case();
+}
+
+static size_t app_got;
+static bool app_eof_seen, app_bad;
+
+/* The application reads slowly (a little per loop) and checks the byte pattern. */
+static void app_read_some(struct ring *r, void *arg)
+{
+	uint8_t buf[3000];
+	ssize_t n = read(app_fd, buf, sizeof(buf));
+
+	if (n > 0) {
+		for (ssize_t i = 0; i < n; i++)
+			if (buf[i] != (uint8_t)((app_got + (size_t)i) % 251))
+				app_bad = true;
+		app_got += (size_t)n;
+	} else if (n == 0) {
+		app_eof_seen = true;
+	}
+	if (!app_eof_seen)
+		ring_timer_add(r, 100000, app_read_some, NULL, NULL);
+}
+
+static bool app_done(void)
+{
+	return app_eof_seen;
+}
+
+/* Everything the far side sent reaches the application, in order, before the EOF that its
+ * FIN becomes, through a socket that takes a little at a time (short sends, wrap-around). */
+static void test_all_data_before_eof(void)
+{
+	struct mt_msg fin = {.hdr = {.type = MT_FIN, .id = ID}};
+	const size_t total = 3 * 65536 + 12345;
+	uint8_t frame[MT_FRAME_MAX];
+	size_t off = 0;
+	uint32_t seq = 0, credit = 65536;
+	uint64_t deadline = now_ms() + GUARD_MS;
+
+	T_REQUIRE(setup_case(65536, true) == 0);
+	T_REQUIRE(fcntl(app_fd, F_SETFL, O_NONBLOCK) == 0);
+	stream_start(st, near_s, 65536);
+	app_got = 0;
+	app_eof_seen = app_bad = false;
+	ring_timer_add(ring, 100000, app_read_some, NULL, NULL);
+	while (off < total && now_ms() < deadline) {
+		/* Odd sizes, within the window the stream grants back. */
+		size_t k = total - off < 7777 ? total - off : 7777;
+
+		credit += far.windows;
+		far.windows = 0;
+		if (k > credit) {
+			run_until(NULL, 2);
+			continue;
+		}
+		wire_encode_data_hdr(frame, ID, seq, (uint32_t)k);
+		for (size_t i = 0; i < k; i++)
+			frame[MT_FRAME_HDR + i] = (uint8_t)((off + i) % 251);
+		if (session_send_frame(far.s, frame, MT_FRAME_HDR + k) != 0) {
+			run_until(NULL, 2);
+			continue;
+		}
+		credit -= (uint32_t)k;
+		seq++;
+		off += k;
+	}
+	T_EQ(off, total);
+	far_send(&fin);
+	T_CHECK(run_until(app_done, GUARD_MS));
+	T_EQ(app_got, total);
+	T_CHECK(!app_bad);
+	teardown_case();
+}
+
 static int setup(void)
 {
 	const char *cu[] = {"mtun://acme/connector/conn-1"}, *bu[] = {"mtun://acme/broker/edge-1"};
@@ -389,6 +591,9 @@ int main(void)
 	T_RUN(test_data_beyond_window_resets);
 	T_RUN(test_sequence_gap_resets);
 	T_RUN(test_reset_closes_socket);
+	T_RUN(test_reset_is_a_tcp_reset);
+	T_RUN(test_connection_window_not_held_by_app);
+	T_RUN(test_all_data_before_eof);
 	ring_free(ring);
 	tls_ctx_free(conn_cli);
 	tls_ctx_free(broker_srv);
