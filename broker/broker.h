@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "ident.h"
+#include "log.h"
 #include "ring.h"
 #include "segment.h"
 #include "session.h"
@@ -290,11 +291,17 @@ static inline struct mtunnel *mtunnel_next_on(const struct mtunnel *mt, const st
 struct bd;
 struct bpeer;
 
-/* A frame a session refused with -EAGAIN, kept in order until on_writable. */
+/*
+ * A peer's send queue: frames its session refused with -EAGAIN, back to back in one buffer
+ * kept for the peer's life (grown by doubling up to BQ_MAX, never per frame), sent in
+ * order on on_writable. next is always NULL: free with bpeer_queue_free.
+ */
+#define BQ_MIN (256U << 10)
+#define BQ_MAX (32U << 20)
 struct bqframe {
 	struct bqframe *next;
-	size_t len;
-	uint8_t frame[];
+	size_t cap, off, len; /* frames at buf[off .. off + len) */
+	uint8_t buf[];
 };
 
 /* One mtunnel leg's connection: where the switch sends frames for it. */
@@ -304,13 +311,29 @@ struct bconn {
 	struct bconnector *owner; /* connector legs only */
 };
 
+/* A certificate serial number, big-endian, as the CRL lists it (RFC 5280: at most 20 octets). */
+#define BD_SERIAL_MAX 20
+struct bd_serial {
+	uint8_t len;
+	uint8_t b[BD_SERIAL_MAX];
+};
+
+struct bopen;
+struct belection;
+
 struct bconnector {
-	struct bconnector *next;
+	struct bconnector *next, *hnext; /* all connectors; bd's hash by id */
 	char id[IDENT_ID_MAX + 1];
 	uint32_t group;
 	struct bpeer *ctl, *data;
 	struct bconn dc; /* connector legs: ids allocated at BIND, carried by data */
 	uint32_t load;
+	bool has_capacity;
+	uint32_t capacity;
+	bool has_location;
+	struct elect_location loc;
+	char location[MT_TOKEN_MAX + 1]; /* as HELLO said it; "" when none */
+	struct bopen *opens;             /* BINDs sent to it, waiting for BIND_REPLY */
 };
 
 enum bpeer_kind {
@@ -328,20 +351,57 @@ struct bpeer {
 	struct ident id;
 	struct bconn own;        /* agents: their legs */
 	struct bconnector *conn; /* connectors */
-	struct bqframe *qhead, *qtail;
+	struct bqframe *qhead;   /* NULL until a frame first waits */
+	uint64_t fwd_digest;     /* agents: the forwarding set last sent in CONFIG */
+	bool has_serial;         /* the certificate serial, for CRL updates */
+	struct bd_serial serial;
 };
 
-/* An OPEN waiting for its BIND_REPLY. */
+/* An OPEN from its arrival to OPEN_REPLY: electing, then waiting for its BIND_REPLY. */
 struct bopen {
-	struct bopen *next, **pprev;
+	struct bopen *next, **pprev;   /* its election's waiters, or its connector's opens */
+	struct bopen *hnext, **hpprev; /* bd's hash by mtunnel */
 	struct bd *bd;
 	struct mtunnel *mt;
-	struct bconnector *c;
-	uint32_t win0; /* the agent's grant, from OPEN */
+	struct bpeer *agent;
+	struct bconnector *c; /* NULL while electing */
+	struct belection *el; /* the election it waits for, or NULL */
+	uint32_t win0;        /* the agent's grant, from OPEN */
+	uint32_t agent_id, rule_id;
+	uint32_t segment_id;
+	uint8_t proto;
+	uint8_t tries;     /* connectors tried so far */
+	uint64_t start_ms; /* OPEN arrived */
+	bool has_timer;
 	uint8_t cookie[MT_COOKIE_LEN];
 	ring_timer_t timer;
 	char name[MT_NAME_MAX + 1];
 	uint16_t port;
+};
+
+/* A RESOLVE waiting for an election. */
+struct bresolve {
+	struct bresolve *next;
+	struct bpeer *agent;
+	uint32_t req_id;
+};
+
+/* One probe round in flight for (name, segment, port, proto); RESOLVEs and OPENs join it. */
+struct belection {
+	struct belection *next, **pprev;
+	struct bd *bd;
+	uint32_t req_id; /* the PROBE's, the same to every candidate */
+	uint32_t segment_id;
+	uint32_t groups[BD_GROUPS_MAX];
+	size_t ngroups;
+	uint16_t port;
+	uint8_t proto;
+	ring_timer_t timer;
+	bool settling; /* a success is in: the others get BD_PROBE_SETTLE_MS more */
+	struct elect_pending p;
+	char reason[ELECT_K_MAX][64]; /* each candidate's PROBE_REPLY reason */
+	struct bresolve *resolves;
+	struct bopen *opens;
 };
 
 struct bd_user {
@@ -353,24 +413,58 @@ struct bd_user {
 struct bd_cgroup {
 	uint32_t id;
 	const char *name;
+	struct elect_location loc;
 };
+
+/* A named place a connector's HELLO LOCATION may give. */
+struct bd_location {
+	const char *name;
+	struct elect_location loc;
+};
+
+/* Everything the configuration file says; SIGHUP builds a new one whole or keeps the old. */
+struct bd_cfg {
+	struct conf *conf; /* owns the strings below */
+	const char *listen, *tenant, *state, *idsrc, *advertise;
+	struct segset *segs;
+	struct policy *pol;
+	struct bd_user *users;
+	size_t nusers;
+	struct bd_cgroup cgroups[BD_GROUPS_MAX];
+	size_t ncgroups;
+	struct bd_location *locs;
+	size_t nlocs;
+	struct elect_config ec;
+	uint32_t resolve_ttl_s;
+	bool has_log_level;
+	enum log_level log_level;
+};
+
+#define BD_CHASH           1024 /* connectors by id */
+#define BD_OHASH           4096 /* pending OPENs by mtunnel */
+#define BD_BIND_TRIES      3    /* connectors an OPEN tries before it fails */
+#define BD_FAIL_TTL_S      5    /* RESOLVE_REPLY TTL of a failure */
+#define BD_PROBE_GRACE_MS  250  /* waited past the probe deadline for the connectors' answers */
+#define BD_PROBE_SETTLE_MS 250  /* after a success, how long slower answers may still win */
+
+struct bd_crl;
 
 struct bd {
 	struct ring *ring;
 	struct ring_bufgroup *bufs;
 	struct tls_ctx *ctx;
-	const char *tenant;
-	const char *advertise; /* the address connectors dial for data */
-	struct segset *segs;
-	struct policy *pol;
+	const char *cfg_path;
+	struct bd_cfg *cfg;
+	uint64_t cfg_version; /* CONFIG_VERSION: bumped on every reload */
+	struct elect *el;
 	struct mt_table *t;
-	struct bd_user *users;
-	size_t nusers;
-	struct bd_cgroup cgroups[BD_GROUPS_MAX];
-	size_t ncgroups;
 	struct bpeer *peers;
 	struct bconnector *connectors;
-	struct bopen *opens;
+	struct bconnector *chash[BD_CHASH];
+	struct bopen *ohash[BD_OHASH];
+	struct belection *elections;
+	uint32_t next_req;
+	struct bd_crl *crl;
 	int lfd;
 };
 
@@ -382,6 +476,7 @@ uint64_t bd_now_ms(void);
 int bpeer_send_frame(struct bpeer *p, const uint8_t *frame, size_t len);
 int bpeer_send_msg(struct bpeer *p, const struct mt_msg *m);
 void bpeer_flush(struct bpeer *p);
+void bpeer_queue_free(struct bpeer *p);
 /* DATA, WINDOW, FIN, RESET from leg conn bc. */
 void bd_switch(struct bd *bd, struct bpeer *p, struct bconn *bc, struct mt_hdr *hdr, uint8_t *frame,
                size_t len);
@@ -397,15 +492,71 @@ void bd_reply(struct bpeer *p, enum mt_frame_type type, uint32_t id, enum mt_sta
  */
 void bd_end(struct bd *bd, struct mtunnel *mt, enum mt_status st, const char *reason, int skip_leg);
 
-/* open.c */
+/* open.c: OPEN -> election -> BIND -> BIND_REPLY, with fall-over to the next connector */
 struct bopen *bd_find_open(struct bd *bd, const struct mtunnel *mt);
 void bopen_free(struct bopen *o);
 void bd_on_open(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr, const uint8_t *frame,
                 size_t len);
 void bd_on_bind_reply(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr,
                       const uint8_t *frame, size_t len);
+/* The election for o ended: bind to the winner or fail the OPEN. */
+void bopen_elected(struct bopen *o, const struct elect_result *r, const char *reason);
+/* c lost its control session: its pending BINDs fall over to other connectors. */
+void bd_connector_lost(struct bd *bd, struct bconnector *c);
+const char **bd_user_groups(struct bd *bd, const char *user, size_t *n);
+enum mt_status bd_elect_status(enum elect_status s);
+
+/* resolve.c: RESOLVE, PROBE rounds, CONFIG to agents */
+void bd_on_resolve(struct bd *bd, struct bpeer *p, const uint8_t *frame, size_t len);
+void bd_on_probe_reply(struct bd *bd, struct bpeer *p, const uint8_t *frame, size_t len);
+/* Joins (or starts) the probe round for o's name; 0 or -errno (o then still the caller's). */
+int bd_elect_open(struct bd *bd, struct bopen *o, const uint32_t *groups, size_t ngroups);
+/* An agent or connector session is going: forget it in every probe round. */
+void bd_elections_peer_gone(struct bd *bd, struct bpeer *p);
+void bd_elections_free(struct bd *bd);
+/* Sends p its forwarding set when it changed (force: always). 0 or -errno. */
+int bd_send_config(struct bd *bd, struct bpeer *p, bool force);
+
+/* fwdset.c: an agent's forwarding set as CONFIG frames */
+typedef int fwdset_emit_fn(const uint8_t *frame, size_t len, void *arg);
+/*
+ * Encodes the segments policy_may_allow gives subj as CONFIG frames of version (MORE on
+ * all but the last) and passes each to emit. *digest identifies the set (not the version).
+ * 0, -ENOMEM, -EMSGSIZE (one segment does not fit a frame) or emit's error.
+ */
+int fwdset_encode(const struct segset *segs, const struct policy *pol,
+                  const struct policy_subject *subj, uint64_t version, fwdset_emit_fn *emit,
+                  void *arg, uint64_t *digest);
+/* The digest alone. */
+uint64_t fwdset_digest(const struct segset *segs, const struct policy *pol,
+                       const struct policy_subject *subj);
+
+/* config.c */
+/* Loads path whole: 0 and *out, or -errno (logged). */
+int bd_cfg_load(const char *path, struct bd_cfg **out);
+void bd_cfg_free(struct bd_cfg *cfg);
+/* "LAT,LON" in degrees. */
+int bd_parse_location(const char *s, struct elect_location *loc);
+
+/* crl.c: the tenant's CRL, from the CA's push to the TLS handshake and live sessions */
+int bd_crl_start(struct bd *bd);
+void bd_crl_stop(struct bd *bd);
+/* The tls_conf.revoked hook. */
+int bd_crl_revoked(void *arg, const struct ident *peer, const ASN1_INTEGER *serial);
+/* The serial the handshake of this identity showed (taken: a second call finds nothing). */
+bool bd_crl_take_serial(struct bd *bd, const struct ident *peer, struct bd_serial *out);
+void bd_serial_from_asn1(const ASN1_INTEGER *a, struct bd_serial *out);
+bool bd_crl_is_revoked(const struct bd *bd, const struct bd_serial *s);
+/* The serials a CRL lists, sorted, in *v (malloc'ed): 0, -E2BIG or -ENOMEM. */
+int bd_crl_serials(const X509_CRL *crl, struct bd_serial **v, size_t *n);
+bool bd_serial_listed(const struct bd_serial *v, size_t n, const struct bd_serial *s);
 
 /* daemon.c */
 int broker_run(int argc, char **argv);
+struct bconnector *bd_find_connector(struct bd *bd, const char *id);
+/* Tells the election registry what c is now (group, location, load, capacity, health). */
+void bd_elect_register(struct bd *bd, struct bconnector *c);
+/* Ends p as if its session closed, and closes that session (no on_closed follows). */
+void bpeer_drop(struct bpeer *p, enum mt_status st, const char *reason);
 
 #endif

@@ -1,7 +1,7 @@
 /*
- * mtun-broker run: loads the configuration (segments, connector groups, users, rules),
- * listens for agents and connectors over mTLS and sorts their sessions: agent, connector
- * control, connector data (matched to its BIND by cookie). Single-threaded, one ring.
+ * mtun-broker run: listens for agents and connectors over mTLS and sorts their sessions:
+ * agent, connector control, connector data (matched to its BIND by cookie); SIGHUP reloads
+ * the configuration. Single-threaded, one ring.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -14,36 +14,87 @@
 
 #include <openssl/crypto.h>
 
-#include "conf.h"
 #include "broker.h"
+#include "conf.h"
 #include "enroll.h"
 #include "log.h"
 
-#define BD_SEG_PORTS_MAX 64
-
 static void bpeer_gone(struct bpeer *p, const char *reason);
 
-static struct bconnector *bd_find_connector(struct bd *bd, const char *id)
+static size_t bd_chash_slot(const char *id)
 {
-	for (struct bconnector *c = bd->connectors; c; c = c->next)
+	uint32_t h = 2166136261U;
+
+	for (; *id; id++)
+		h = (h ^ (uint8_t)*id) * 16777619U;
+	return h & (BD_CHASH - 1);
+}
+
+struct bconnector *bd_find_connector(struct bd *bd, const char *id)
+{
+	for (struct bconnector *c = bd->chash[bd_chash_slot(id)]; c; c = c->hnext)
 		if (strcmp(c->id, id) == 0)
 			return c;
 	return NULL;
 }
 
-static int bd_cgroup_id(const struct bd *bd, const char *name, size_t len, uint32_t *id)
+static void bd_connector_unlink(struct bd *bd, struct bconnector *c)
 {
-	for (size_t i = 0; i < bd->ncgroups; i++)
-		if (strlen(bd->cgroups[i].name) == len &&
-		    memcmp(bd->cgroups[i].name, name, len) == 0) {
-			*id = bd->cgroups[i].id;
+	struct bconnector **pp;
+
+	for (pp = &bd->chash[bd_chash_slot(c->id)]; *pp; pp = &(*pp)->hnext)
+		if (*pp == c) {
+			*pp = c->hnext;
+			break;
+		}
+	for (pp = &bd->connectors; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+}
+
+static int bd_cgroup_id(const struct bd_cfg *cfg, const char *name, size_t len, uint32_t *id)
+{
+	for (size_t i = 0; i < cfg->ncgroups; i++)
+		if (strlen(cfg->cgroups[i].name) == len &&
+		    memcmp(cfg->cgroups[i].name, name, len) == 0) {
+			*id = cfg->cgroups[i].id;
 			return 0;
 		}
 	return -ENOENT;
 }
 
-/* Ends p as if its session closed, and closes that session (no on_closed follows). */
-static void bpeer_drop(struct bpeer *p, enum mt_status st, const char *reason)
+static const struct bd_location *bd_find_location(const struct bd_cfg *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->nlocs; i++)
+		if (strcmp(cfg->locs[i].name, name) == 0)
+			return &cfg->locs[i];
+	return NULL;
+}
+
+void bd_elect_register(struct bd *bd, struct bconnector *c)
+{
+	struct elect_connector ec = {
+	    .group = c->group,
+	    .has_location = c->has_location,
+	    .loc = c->loc,
+	    .healthy = c->ctl != NULL,
+	    .load = c->load,
+	    .capacity = c->has_capacity ? c->capacity : 0,
+	};
+	int ret;
+
+	/* A reported capacity of 0 means "take no mtunnels", not "no limit". */
+	if (c->has_capacity && c->capacity == 0)
+		ec.healthy = false;
+	snprintf(ec.id, sizeof(ec.id), "%s", c->id);
+	ret = elect_set_connector(bd->el, &ec);
+	if (ret < 0)
+		log_warnx("connector %s: election registry: %s", c->id, strerror(-ret));
+}
+
+void bpeer_drop(struct bpeer *p, enum mt_status st, const char *reason)
 {
 	struct session *s = p->s;
 
@@ -51,19 +102,30 @@ static void bpeer_drop(struct bpeer *p, enum mt_status st, const char *reason)
 	session_close(s, st, reason);
 }
 
+static struct bopen *bd_open_by_cookie(struct bconnector *c, const struct mt_bytes *cookie)
+{
+	if (cookie->len != MT_COOKIE_LEN)
+		return NULL;
+	for (struct bopen *o = c->opens; o; o = o->next)
+		if (CRYPTO_memcmp(o->cookie, cookie->p, MT_COOKIE_LEN) == 0)
+			return o;
+	return NULL;
+}
+
 static void bd_on_connector(struct bd *bd, struct bpeer *p, const struct mt_hello *h)
 {
 	struct bconnector *c = bd_find_connector(bd, p->id.id);
+	const struct bd_location *loc = NULL;
+	char where[MT_TOKEN_MAX + 1] = "";
 	uint32_t group;
+	size_t slot;
 
 	if (h->kind == MT_SESSION_DATA) {
-		struct bopen *o;
-
-		for (o = bd->opens; o; o = o->next)
-			if (o->c == c && h->cookie.len == MT_COOKIE_LEN &&
-			    CRYPTO_memcmp(o->cookie, h->cookie.p, MT_COOKIE_LEN) == 0)
-				break;
-		if (!c || !o) {
+		if (!c || !bd_open_by_cookie(c, &h->cookie)) {
+			log_event(
+			    LOG_LVL_WARN, "broker.refused",
+			    "peer=%s role=connector reason=\"data session for no pending BIND\"",
+			    p->id.id);
 			session_close(p->s, MT_STATUS_DENIED, "data session for no pending BIND");
 			return;
 		}
@@ -79,47 +141,93 @@ static void bd_on_connector(struct bd *bd, struct bpeer *p, const struct mt_hell
 		log_event(LOG_LVL_INFO, "broker.connector.data", "connector=%s", c->id);
 		return;
 	}
-	if (!h->group.p || bd_cgroup_id(bd, (const char *)h->group.p, h->group.len, &group) < 0) {
+	if (!h->group.p ||
+	    bd_cgroup_id(bd->cfg, (const char *)h->group.p, h->group.len, &group) < 0) {
+		log_event(LOG_LVL_WARN, "broker.refused",
+		          "peer=%s role=connector reason=\"unknown connector group '%.*s'\"",
+		          p->id.id, (int)h->group.len, h->group.p ? (const char *)h->group.p : "");
 		session_close(p->s, MT_STATUS_DENIED, "unknown connector group");
 		return;
+	}
+	if (h->location.len) {
+		memcpy(where, h->location.p, h->location.len);
+		loc = bd_find_location(bd->cfg, where);
 	}
 	if (c && c->ctl) {
 		log_warnx("connector %s: a new control session replaces the old one", c->id);
 		bpeer_drop(c->ctl, MT_STATUS_SHUTDOWN, "replaced by a new control session");
-		c = NULL;
+		c = bd_find_connector(bd, p->id.id);
 	}
-	c = calloc(1, sizeof(*c));
+	if (c) {
+		/* Its data session outlived the control session: it is replaced too. */
+		if (c->data)
+			bpeer_drop(c->data, MT_STATUS_SHUTDOWN, "control session replaced");
+		c = bd_find_connector(bd, p->id.id);
+	}
 	if (!c) {
-		session_close(p->s, MT_STATUS_ERROR, "out of memory");
-		return;
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			session_close(p->s, MT_STATUS_ERROR, "out of memory");
+			return;
+		}
+		snprintf(c->id, sizeof(c->id), "%s", p->id.id);
+		mt_conn_init(&c->dc.mc, 0);
+		c->dc.owner = c;
+		c->next = bd->connectors;
+		bd->connectors = c;
+		slot = bd_chash_slot(c->id);
+		c->hnext = bd->chash[slot];
+		bd->chash[slot] = c;
 	}
-	snprintf(c->id, sizeof(c->id), "%s", p->id.id);
 	c->group = group;
 	c->ctl = p;
-	mt_conn_init(&c->dc.mc, 0);
-	c->dc.owner = c;
-	c->next = bd->connectors;
-	bd->connectors = c;
+	c->has_capacity = h->has_capacity;
+	c->capacity = h->capacity;
+	snprintf(c->location, sizeof(c->location), "%s", where);
+	c->has_location = loc != NULL;
+	if (loc)
+		c->loc = loc->loc;
 	p->kind = BP_CTL;
 	p->conn = c;
-	log_event(LOG_LVL_INFO, "broker.connector.up", "connector=%s group=%u", c->id, group);
+	bd_elect_register(bd, c);
+	log_event(LOG_LVL_INFO, "broker.connector.up",
+	          "connector=%s group=%u location=%s%s capacity=%s%u", c->id, group,
+	          where[0] ? where : "-", where[0] && !loc ? "(unknown:group's)" : "",
+	          h->has_capacity ? "" : "none/", h->has_capacity ? h->capacity : 0);
 }
 
 static void bp_on_established(struct session *s, const struct ident *peer,
                               const struct mt_hello *hello, void *arg)
 {
 	struct bpeer *p = arg;
+	struct bd *bd = p->bd;
 
 	p->id = *peer;
+	p->has_serial = bd_crl_take_serial(bd, peer, &p->serial);
+	/* Revoked between its handshake and now. */
+	if (p->has_serial && bd_crl_is_revoked(bd, &p->serial)) {
+		log_event(LOG_LVL_WARN, "broker.session.revoked", "peer=%s role=%s", peer->id,
+		          ident_role_name(peer->role));
+		bpeer_drop(p, MT_STATUS_REVOKED, "certificate revoked");
+		return;
+	}
 	if (peer->role == MT_ROLE_AGENT) {
 		p->kind = BP_AGENT;
 		mt_conn_init(&p->own.mc, 0);
 		p->own.p = p;
 		log_event(LOG_LVL_INFO, "broker.agent.up", "agent=%s user=%s", peer->id,
 		          peer->user);
+		bd_send_config(bd, p, true);
 		return;
 	}
-	bd_on_connector(p->bd, p, hello);
+	if (peer->role != MT_ROLE_CONNECTOR) {
+		log_event(LOG_LVL_WARN, "broker.refused",
+		          "peer=%s role=%s reason=\"role not served\"", peer->id,
+		          ident_role_name(peer->role));
+		bpeer_drop(p, MT_STATUS_DENIED, "role not served here");
+		return;
+	}
+	bd_on_connector(bd, p, hello);
 }
 
 static void bp_on_frame(struct session *s, struct mt_hdr *hdr, uint8_t *frame, size_t len,
@@ -134,6 +242,16 @@ static void bp_on_frame(struct session *s, struct mt_hdr *hdr, uint8_t *frame, s
 			bd_on_open(bd, p, hdr, frame, len);
 		else
 			session_close(s, MT_STATUS_PROTOCOL, "OPEN from a connector");
+		return;
+	case MT_RESOLVE:
+		if (p->kind == BP_AGENT)
+			bd_on_resolve(bd, p, frame, len);
+		else
+			session_close(s, MT_STATUS_PROTOCOL, "RESOLVE from a connector");
+		return;
+	case MT_PROBE_REPLY:
+		if (p->kind == BP_CTL)
+			bd_on_probe_reply(bd, p, frame, len);
 		return;
 	case MT_BIND_REPLY:
 		if (p->kind == BP_CTL || p->kind == BP_DATA)
@@ -163,10 +281,14 @@ static void bp_on_writable(struct session *s, void *arg)
 static void bp_on_closed(struct session *s, const char *reason, enum mt_status status, void *arg)
 {
 	struct bpeer *p = arg;
+	const struct ident *who = &p->id;
 
-	log_event(LOG_LVL_INFO, "broker.session.down", "peer=%s role=%s status=%s reason=\"%s\"",
-	          p->id.id[0] ? p->id.id : "-", ident_role_name(p->id.role),
-	          wire_status_name(status), reason);
+	/* Refused after its TLS handshake (HELLO checks): name it by its certificate. */
+	if (p->kind == BP_NEW && session_peer(s))
+		who = session_peer(s);
+	log_event(p->kind == BP_NEW ? LOG_LVL_WARN : LOG_LVL_INFO, "broker.session.down",
+	          "peer=%s role=%s status=%s reason=\"%s\"", who->id[0] ? who->id : "-",
+	          ident_role_name(who->role), wire_status_name(status), reason);
 	bpeer_gone(p, reason);
 }
 
@@ -184,35 +306,40 @@ static void bpeer_gone(struct bpeer *p, const char *reason)
 
 	switch (p->kind) {
 	case BP_AGENT:
+		bd_elections_peer_gone(bd, p);
 		bd_reset_conn(bd, &p->own, MT_STATUS_ERROR, "agent session lost");
 		break;
 	case BP_DATA:
 		c->data = NULL;
 		c->dc.p = NULL;
+		/* BINDs still waiting fall over; open mtunnels end. */
+		bd_connector_lost(bd, c);
 		bd_reset_conn(bd, &c->dc, MT_STATUS_ERROR, "connector data session lost");
+		if (!c->ctl) {
+			bd_connector_unlink(bd, c);
+			free(c);
+		}
 		break;
 	case BP_CTL:
+		c->ctl = NULL;
+		elect_remove_connector(bd->el, c->id);
+		bd_elections_peer_gone(bd, p);
+		bd_connector_lost(bd, c);
 		bd_reset_conn(bd, &c->dc, MT_STATUS_ERROR, "connector lost");
-		if (c->data)
-			bpeer_drop(c->data, MT_STATUS_SHUTDOWN, "control session lost");
-		for (struct bconnector **pp = &bd->connectors; *pp; pp = &(*pp)->next)
-			if (*pp == c) {
-				*pp = c->next;
-				break;
-			}
 		log_event(LOG_LVL_INFO, "broker.connector.down", "connector=%s reason=\"%s\"",
 		          c->id, reason);
-		free(c);
+		if (c->data) {
+			/* Its bpeer_gone frees c. */
+			bpeer_drop(c->data, MT_STATUS_SHUTDOWN, "control session lost");
+		} else {
+			bd_connector_unlink(bd, c);
+			free(c);
+		}
 		break;
 	case BP_NEW:
 		break;
 	}
-	while (p->qhead) {
-		struct bqframe *q = p->qhead;
-
-		p->qhead = q->next;
-		free(q);
-	}
+	bpeer_queue_free(p);
 	*p->pprev = p->next;
 	if (p->next)
 		p->next->pprev = p->pprev;
@@ -261,270 +388,121 @@ static void bd_shutdown(struct bd *bd)
 		bd->lfd = -1;
 	while (bd->peers)
 		bpeer_drop(bd->peers, MT_STATUS_SHUTDOWN, "broker stopping");
+	bd_elections_free(bd);
 	if (ring_timer_add(bd->ring, 300 * 1000000ULL, bd_drained, NULL, NULL) == 0)
 		ring_run(bd->ring);
 }
 
+/* A registry for cfg's groups holding the connectors whose group it still has. */
+static struct elect *bd_elect_build(struct bd *bd, const struct bd_cfg *cfg)
+{
+	struct elect *e = elect_new(&cfg->ec);
+
+	if (!e)
+		return NULL;
+	for (size_t i = 0; i < cfg->ncgroups; i++)
+		if (elect_set_group(e, cfg->cgroups[i].id, &cfg->cgroups[i].loc) < 0) {
+			log_warnx("connector group %s: bad location", cfg->cgroups[i].name);
+			elect_free(e);
+			return NULL;
+		}
+	return e;
+}
+
+static void bd_apply_log_level(const struct bd_cfg *cfg)
+{
+	if (cfg->has_log_level)
+		log_set_level(cfg->log_level);
+}
+
+/*
+ * SIGHUP: the file is loaded whole or not at all. Segments, rules, users, groups,
+ * locations and election settings change live; listen, tenant and state need a restart.
+ */
+static void bd_reload(struct bd *bd)
+{
+	struct bd_cfg *cfg = NULL, *old = bd->cfg;
+	struct elect *e, *old_e = bd->el;
+	struct bconnector *c, *next;
+	struct bpeer *p;
+	size_t sent = 0;
+
+	if (bd_cfg_load(bd->cfg_path, &cfg) < 0) {
+		log_event(LOG_LVL_WARN, "broker.reload",
+		          "status=failed file=%s "
+		          "reason=\"the running configuration stays\"",
+		          bd->cfg_path);
+		return;
+	}
+	if (strcmp(cfg->tenant, old->tenant) != 0 || strcmp(cfg->state, old->state) != 0) {
+		log_event(LOG_LVL_WARN, "broker.reload",
+		          "status=failed reason=\"tenant and state need a restart\"");
+		bd_cfg_free(cfg);
+		return;
+	}
+	if (strcmp(cfg->listen, old->listen) != 0)
+		log_warnx("reload: broker.listen changes only at restart (still %s)", old->listen);
+	e = bd_elect_build(bd, cfg);
+	if (!e) {
+		log_event(LOG_LVL_WARN, "broker.reload", "status=failed reason=\"election setup\"");
+		bd_cfg_free(cfg);
+		return;
+	}
+	bd->cfg = cfg;
+	bd->el = e;
+	bd->cfg_version++;
+	bd_apply_log_level(cfg);
+	/* Connectors keep their sessions if their group (by name) still exists. */
+	for (c = bd->connectors; c; c = next) {
+		const char *gname = NULL;
+		uint32_t gid;
+
+		next = c->next;
+		if (!c->ctl)
+			continue;
+		for (size_t i = 0; i < old->ncgroups; i++)
+			if (old->cgroups[i].id == c->group)
+				gname = old->cgroups[i].name;
+		if (!gname || bd_cgroup_id(cfg, gname, strlen(gname), &gid) < 0) {
+			log_event(LOG_LVL_WARN, "broker.connector.dropped",
+			          "connector=%s reason=\"its group was removed\"", c->id);
+			/* May free c and its successor's data peer, never another connector. */
+			bpeer_drop(c->ctl, MT_STATUS_SHUTDOWN, "connector group removed");
+			continue;
+		}
+		c->group = gid;
+		if (c->location[0]) {
+			const struct bd_location *loc = bd_find_location(cfg, c->location);
+
+			c->has_location = loc != NULL;
+			if (loc)
+				c->loc = loc->loc;
+		}
+		bd_elect_register(bd, c);
+	}
+	elect_free(old_e);
+	bd_cfg_free(old);
+	for (p = bd->peers; p; p = p->next)
+		if (p->kind == BP_AGENT) {
+			uint64_t before = p->fwd_digest;
+
+			if (bd_send_config(bd, p, false) == 0 && p->fwd_digest != before)
+				sent++;
+		}
+	log_event(LOG_LVL_INFO, "broker.reload",
+	          "status=ok version=%llu segments=%zu rules=%zu config_sent=%zu",
+	          (unsigned long long)bd->cfg_version, segset_count(cfg->segs),
+	          policy_rule_count(cfg->pol), sent);
+}
+
 static void bd_signal(struct ring *ring, const struct signalfd_siginfo *si, void *arg)
 {
+	if (si->ssi_signo == SIGHUP) {
+		bd_reload(arg);
+		return;
+	}
 	log_info("signal %u: stopping", si->ssi_signo);
 	ring_stop(ring);
-}
-
-static int bd_parse_ports(const char *s, struct seg_ports *p)
-{
-	unsigned lo, hi;
-	char proto[4], *end;
-	int n = 0;
-
-	if (sscanf(s, "%3[a-z]/%n", proto, &n) != 1 || n == 0)
-		return -EINVAL;
-	if (strcmp(proto, "tcp") == 0)
-		p->proto = SEG_PROTO_TCP;
-	else if (strcmp(proto, "udp") == 0)
-		p->proto = SEG_PROTO_UDP;
-	else
-		return -EINVAL;
-	s += n;
-	errno = 0;
-	lo = (unsigned)strtoul(s, &end, 10);
-	hi = lo;
-	if (*end == '-')
-		hi = (unsigned)strtoul(end + 1, &end, 10);
-	if (errno || *end || end == s || lo < 1 || hi < lo || hi > 65535)
-		return -EINVAL;
-	p->lo = (uint16_t)lo;
-	p->hi = (uint16_t)hi;
-	return 0;
-}
-
-static int bd_conf_cgroups(struct bd *bd, struct conf *c)
-{
-	char path[64];
-	size_t n = 0;
-	int64_t id;
-	int ret;
-
-	ret = conf_get_len(c, "connector_groups", CONF_REQUIRED, &n);
-	if (ret < 0)
-		return ret;
-	if (n == 0 || n > BD_GROUPS_MAX) {
-		log_warnx("connector_groups: 1 to %d groups", BD_GROUPS_MAX);
-		return -EINVAL;
-	}
-	for (size_t i = 0; i < n; i++) {
-		struct bd_cgroup *g = &bd->cgroups[i];
-
-		snprintf(path, sizeof(path), "connector_groups.[%zu].id", i);
-		if ((ret = conf_get_int(c, path, CONF_REQUIRED, 1, UINT32_MAX, &id)) < 0)
-			return ret;
-		g->id = (uint32_t)id;
-		snprintf(path, sizeof(path), "connector_groups.[%zu].name", i);
-		if ((ret = conf_get_str(c, path, CONF_REQUIRED, &g->name)) < 0)
-			return ret;
-		for (size_t j = 0; j < i; j++)
-			if (bd->cgroups[j].id == g->id ||
-			    strcmp(bd->cgroups[j].name, g->name) == 0) {
-				log_warnx("connector_groups: '%s' (%u) given twice", g->name,
-				          g->id);
-				return -EEXIST;
-			}
-	}
-	bd->ncgroups = n;
-	return 0;
-}
-
-static int bd_conf_segment(struct bd *bd, struct conf *c, size_t i)
-{
-	struct seg_ports ports[BD_SEG_PORTS_MAX];
-	struct segment_spec spec = {.tenant = bd->tenant};
-	const char **hosts = NULL, **portv = NULL, **groups = NULL;
-	uint32_t gids[BD_GROUPS_MAX], sid;
-	size_t nports = 0, ngroups = 0;
-	char path[64], err[SEG_ERR_MAX];
-	int64_t id;
-	int ret;
-
-#define SEG_PATH(key) (snprintf(path, sizeof(path), "segments.[%zu]." key, i), path)
-	if ((ret = conf_get_int(c, SEG_PATH("id"), CONF_REQUIRED, 1, UINT32_MAX, &id)) < 0 ||
-	    (ret = conf_get_str(c, SEG_PATH("name"), CONF_REQUIRED, &spec.name)) < 0 ||
-	    (ret = conf_get_strv(c, SEG_PATH("hosts"), CONF_REQUIRED, &hosts, &spec.nhosts)) < 0 ||
-	    (ret = conf_get_strv(c, SEG_PATH("ports"), CONF_REQUIRED, &portv, &nports)) < 0 ||
-	    (ret = conf_get_strv(c, SEG_PATH("connector_groups"), CONF_REQUIRED, &groups,
-	                         &ngroups)) < 0)
-		goto out;
-#undef SEG_PATH
-	ret = -EINVAL;
-	if (nports == 0 || nports > BD_SEG_PORTS_MAX || ngroups == 0 || ngroups > BD_GROUPS_MAX) {
-		log_warnx("segments.[%zu]: 1 to %d ports and 1 to %d connector groups", i,
-		          BD_SEG_PORTS_MAX, BD_GROUPS_MAX);
-		goto out;
-	}
-	for (size_t j = 0; j < nports; j++)
-		if (bd_parse_ports(portv[j], &ports[j]) < 0) {
-			log_warnx("segments.[%zu].ports: '%s' is not tcp/PORT[-PORT] or udp/...", i,
-			          portv[j]);
-			goto out;
-		}
-	for (size_t j = 0; j < ngroups; j++)
-		if (bd_cgroup_id(bd, groups[j], strlen(groups[j]), &gids[j]) < 0) {
-			log_warnx("segments.[%zu]: unknown connector group '%s'", i, groups[j]);
-			goto out;
-		}
-	/* One server group per segment, named by the segment's id. */
-	sid = (uint32_t)id;
-	ret = segset_add_server_group(bd->segs, sid, gids, ngroups);
-	if (ret < 0) {
-		log_warnx("segments.[%zu]: server group: %s", i, strerror(-ret));
-		goto out;
-	}
-	spec.id = sid;
-	spec.hosts = hosts;
-	spec.ports = ports;
-	spec.nports = nports;
-	spec.server_groups = &sid;
-	spec.nserver_groups = 1;
-	ret = segset_add(bd->segs, &spec, err, sizeof(err));
-	if (ret < 0)
-		log_warnx("segments.[%zu]: %s", i, err);
-out:
-	free(hosts);
-	free(portv);
-	free(groups);
-	return ret;
-}
-
-static int bd_conf_rule(struct bd *bd, struct conf *c, size_t i)
-{
-	struct policy_rule_spec spec = {0};
-	const char **users = NULL, **groups = NULL, *action = NULL;
-	uint32_t segs[BD_GROUPS_MAX];
-	char path[64], err[256];
-	size_t nsegs = 0;
-	int64_t v;
-	int ret;
-
-#define RULE_PATH(key) (snprintf(path, sizeof(path), "rules.[%zu]." key, i), path)
-	if ((ret = conf_get_int(c, RULE_PATH("id"), CONF_REQUIRED, 1, UINT32_MAX, &v)) < 0 ||
-	    (ret = conf_get_str(c, RULE_PATH("name"), CONF_REQUIRED, &spec.name)) < 0 ||
-	    (ret = conf_get_str(c, RULE_PATH("action"), CONF_REQUIRED, &action)) < 0 ||
-	    (ret = conf_get_strv(c, RULE_PATH("users"), CONF_OPTIONAL, &users, &spec.nusers)) < 0 ||
-	    (ret = conf_get_strv(c, RULE_PATH("groups"), CONF_OPTIONAL, &groups, &spec.ngroups)) <
-	        0 ||
-	    (ret = conf_get_len(c, RULE_PATH("segments"), CONF_OPTIONAL, &nsegs)) < 0)
-		goto out;
-	spec.id = (uint32_t)v;
-	ret = -EINVAL;
-	if (nsegs > BD_GROUPS_MAX) {
-		log_warnx("rules.[%zu].segments: at most %d", i, BD_GROUPS_MAX);
-		goto out;
-	}
-	for (size_t j = 0; j < nsegs; j++) {
-		snprintf(path, sizeof(path), "rules.[%zu].segments.[%zu]", i, j);
-		if ((ret = conf_get_int(c, path, CONF_REQUIRED, 1, UINT32_MAX, &v)) < 0)
-			goto out;
-		segs[j] = (uint32_t)v;
-	}
-	ret = -EINVAL;
-	if (strcmp(action, "allow") == 0)
-		spec.action = POLICY_ALLOW;
-	else if (strcmp(action, "deny") == 0)
-		spec.action = POLICY_DENY;
-	else {
-		log_warnx("rules.[%zu].action: '%s' is not allow or deny", i, action);
-		goto out;
-	}
-	spec.users = users;
-	spec.groups = groups;
-	spec.segments = segs;
-	spec.nsegments = nsegs;
-	ret = policy_add_rule(bd->pol, &spec, err, sizeof(err));
-	if (ret < 0)
-		log_warnx("rules.[%zu]: %s", i, ret == -EINVAL ? err : strerror(-ret));
-out:
-	free(users);
-	free(groups);
-	return ret;
-}
-
-static int bd_conf_users(struct bd *bd, struct conf *c)
-{
-	char path[64];
-	size_t n = 0;
-	int ret;
-
-	ret = conf_get_len(c, "users", CONF_OPTIONAL, &n);
-	if (ret < 0 || n == 0)
-		return ret;
-	bd->users = calloc(n, sizeof(*bd->users));
-	if (!bd->users)
-		return -ENOMEM;
-	bd->nusers = n;
-	for (size_t i = 0; i < n; i++) {
-		struct bd_user *u = &bd->users[i];
-
-		snprintf(path, sizeof(path), "users.[%zu].name", i);
-		if ((ret = conf_get_str(c, path, CONF_REQUIRED, &u->name)) < 0)
-			return ret;
-		if (!ident_valid_user(u->name)) {
-			log_warnx("users.[%zu].name: '%s' is not a user name", i, u->name);
-			return -EINVAL;
-		}
-		snprintf(path, sizeof(path), "users.[%zu].groups", i);
-		if ((ret = conf_get_strv(c, path, CONF_OPTIONAL, &u->groups, &u->ngroups)) < 0)
-			return ret;
-	}
-	return 0;
-}
-
-static int bd_config(struct bd *bd, struct conf *c, const char *path, const char **listen_at,
-                     const char **state, const char **idsrc)
-{
-	const char *lvl_s = NULL;
-	enum log_level lvl;
-	size_t n = 0;
-	int ret;
-
-	ret = conf_load_file(c, path);
-	if (ret < 0)
-		return ret;
-	if ((ret = conf_get_str(c, "broker.listen", CONF_REQUIRED, listen_at)) < 0 ||
-	    (ret = conf_get_str(c, "broker.tenant", CONF_REQUIRED, &bd->tenant)) < 0 ||
-	    (ret = conf_get_str(c, "broker.state", CONF_REQUIRED, state)) < 0 ||
-	    (ret = conf_get_str(c, "broker.identity_source", CONF_OPTIONAL, idsrc)) < 0 ||
-	    (ret = conf_get_str(c, "broker.log_level", CONF_OPTIONAL, &lvl_s)) < 0)
-		return ret;
-	bd->advertise = *listen_at;
-	if ((ret = conf_get_str(c, "broker.advertise", CONF_OPTIONAL, &bd->advertise)) < 0)
-		return ret;
-	if (!ident_valid_tenant(bd->tenant)) {
-		log_warnx("broker.tenant: '%s' is not a tenant name", bd->tenant);
-		return -EINVAL;
-	}
-	if (lvl_s) {
-		if (log_parse_level(lvl_s, &lvl) < 0) {
-			log_warnx("broker.log_level: '%s'", lvl_s);
-			return -EINVAL;
-		}
-		log_set_level(lvl);
-	}
-	bd->segs = segset_new(bd->tenant);
-	bd->pol = policy_new(bd->tenant, 0, 0);
-	if (!bd->segs || !bd->pol)
-		return -ENOMEM;
-	if ((ret = bd_conf_cgroups(bd, c)) < 0 ||
-	    (ret = conf_get_len(c, "segments", CONF_REQUIRED, &n)) < 0)
-		return ret;
-	for (size_t i = 0; i < n; i++)
-		if ((ret = bd_conf_segment(bd, c, i)) < 0)
-			return ret;
-	if ((ret = bd_conf_users(bd, c)) < 0 ||
-	    (ret = conf_get_len(c, "rules", CONF_OPTIONAL, &n)) < 0)
-		return ret;
-	for (size_t i = 0; i < n; i++)
-		if ((ret = bd_conf_rule(bd, c, i)) < 0)
-			return ret;
-	return conf_check_unknown(c);
 }
 
 static int bd_listen(const char *spec)
@@ -560,14 +538,10 @@ static int bd_listen(const char *spec)
 	return fd;
 }
 
+/* What the ring did not free (setup failed before sessions ran). */
 static void bd_free(struct bd *bd)
 {
-	while (bd->opens) {
-		struct bopen *o = bd->opens;
-
-		bd->opens = o->next;
-		free(o);
-	}
+	bd_elections_free(bd);
 	while (bd->connectors) {
 		struct bconnector *c = bd->connectors;
 
@@ -578,20 +552,20 @@ static void bd_free(struct bd *bd)
 		struct bpeer *p = bd->peers;
 
 		bd->peers = p->next;
-		while (p->qhead) {
-			struct bqframe *q = p->qhead;
-
-			p->qhead = q->next;
-			free(q);
-		}
+		bpeer_queue_free(p);
 		free(p);
 	}
-	for (size_t i = 0; i < bd->nusers; i++)
-		free(bd->users[i].groups);
-	free(bd->users);
 	mt_table_free(bd->t);
-	policy_free(bd->pol);
-	segset_free(bd->segs);
+	elect_free(bd->el);
+	bd_cfg_free(bd->cfg);
+}
+
+static uint64_t bd_wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 int broker_run(int argc, char **argv)
@@ -601,10 +575,9 @@ int broker_run(int argc, char **argv)
 	    {NULL, 0, NULL, 0},
 	};
 	struct bd bd = {.lfd = -1};
-	const char *path = NULL, *listen_at = NULL, *state = NULL, *idsrc = NULL, *why = NULL;
+	const char *why = NULL;
 	struct enroll_identity idn = {0};
 	STACK_OF(X509) *anchors = NULL;
-	struct conf *c = NULL;
 	sigset_t sigs;
 	int ch, ret;
 
@@ -612,24 +585,29 @@ int broker_run(int argc, char **argv)
 	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		if (ch != 'c')
 			return -EINVAL;
-		path = optarg;
+		bd.cfg_path = optarg;
 	}
-	if (!path || optind != argc) {
+	if (!bd.cfg_path || optind != argc) {
 		log_warnx("usage: mtun-broker run --config FILE");
 		return -EINVAL;
 	}
-	c = conf_new();
-	if (!c)
-		return -ENOMEM;
-	ret = bd_config(&bd, c, path, &listen_at, &state, &idsrc);
+	ret = bd_cfg_load(bd.cfg_path, &bd.cfg);
+	if (ret < 0)
+		return ret;
+	bd_apply_log_level(bd.cfg);
+	/* Versions keep growing across restarts: agents compare them. */
+	bd.cfg_version = bd_wall_ms();
+	bd.el = bd_elect_build(&bd, bd.cfg);
+	if (!bd.el) {
+		ret = -EINVAL;
+		goto out;
+	}
+	ret = enroll_load(bd.cfg->state, bd.cfg->idsrc, &idn);
 	if (ret < 0)
 		goto out;
-	ret = enroll_load(state, idsrc, &idn);
-	if (ret < 0)
-		goto out;
-	if (strcmp(idn.ident.tenant, bd.tenant) != 0) {
-		log_warnx("%s: the certificate is for tenant %s, not %s", state, idn.ident.tenant,
-		          bd.tenant);
+	if (strcmp(idn.ident.tenant, bd.cfg->tenant) != 0) {
+		log_warnx("%s: the certificate is for tenant %s, not %s", bd.cfg->state,
+		          idn.ident.tenant, bd.cfg->tenant);
 		ret = -EINVAL;
 		goto out;
 	}
@@ -647,7 +625,9 @@ int broker_run(int argc, char **argv)
 		    .key = idn.key,
 		    .anchors = anchors,
 		    .peer_roles = MT_ROLE_BIT(MT_ROLE_AGENT) | MT_ROLE_BIT(MT_ROLE_CONNECTOR),
-		    .peer_tenant = bd.tenant,
+		    .peer_tenant = bd.cfg->tenant,
+		    .revoked = bd_crl_revoked,
+		    .revoked_arg = &bd,
 		};
 
 		bd.ctx = tls_ctx_new(&tc, &why);
@@ -657,7 +637,7 @@ int broker_run(int argc, char **argv)
 		ret = -EINVAL;
 		goto out;
 	}
-	bd.lfd = bd_listen(listen_at);
+	bd.lfd = bd_listen(bd.cfg->listen);
 	if (bd.lfd < 0) {
 		ret = bd.lfd;
 		goto out;
@@ -671,6 +651,13 @@ int broker_run(int argc, char **argv)
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
+	/* Before the first handshake, so that every session's serial is known. */
+	ret = bd_crl_start(&bd);
+	if (ret < 0) {
+		log_warnx("CRL subscription thread: %s", strerror(-ret));
+		goto out;
+	}
 	ret = ring_signals(bd.ring, &sigs, bd_signal, &bd);
 	if (ret == 0)
 		ret = ring_accept(bd.ring, bd.lfd, bd_accept_cb, &bd);
@@ -678,11 +665,15 @@ int broker_run(int argc, char **argv)
 		log_warnx("ring setup: %s", strerror(-ret));
 		goto out;
 	}
-	log_event(LOG_LVL_INFO, "broker.ready", "listen=%s tenant=%s segments=%zu rules=%zu",
-	          listen_at, bd.tenant, segset_count(bd.segs), policy_rule_count(bd.pol));
+	log_event(LOG_LVL_INFO, "broker.ready",
+	          "listen=%s tenant=%s segments=%zu rules=%zu version=%llu", bd.cfg->listen,
+	          bd.cfg->tenant, segset_count(bd.cfg->segs), policy_rule_count(bd.cfg->pol),
+	          (unsigned long long)bd.cfg_version);
 	ret = ring_run(bd.ring);
 	bd_shutdown(&bd);
 out:
+	/* After the ring's last run: nothing it runs may still use the CRL state. */
+	bd_crl_stop(&bd);
 	ring_free(bd.ring);
 	if (bd.lfd >= 0)
 		close(bd.lfd);
@@ -690,6 +681,5 @@ out:
 	tls_ctx_free(bd.ctx);
 	sk_X509_free(anchors);
 	enroll_identity_free(&idn);
-	conf_free(c);
 	return ret;
 }

@@ -471,6 +471,10 @@ int elect_cache_put(struct elect *e, const char *name, const struct elect_result
 		return e->count >= e->cfg.cache_max ? -ENOSPC : -ENOMEM;
 	if (x->expires_ms <= now_ms)
 		x->nalt = 0;
+	/* A fresh success lifts a hold-down: the connector has just reached the name. */
+	for (int i = 0; i < ELECT_HOLD_MAX; i++)
+		if (strcmp(x->hold[i].id, r->id) == 0)
+			x->hold[i].until_ms = 0;
 	elect_alt_put(x, r);
 	x->expires_ms = now_ms + e->cfg.ttl_ms;
 	return 0;

@@ -1,21 +1,83 @@
 /*
- * The broker's OPEN path: policy, the connector choice, BIND to it, and BIND_REPLY that
- * answers the agent's OPEN.
+ * The broker's OPEN path: policy, the elected connector (cached, else a probe round), BIND
+ * to it, and BIND_REPLY that answers the agent's OPEN; a failed BIND falls over to the next
+ * connector before the OPEN fails.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include <arpa/inet.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "broker.h"
 #include "log.h"
 
+static size_t bd_ohash_slot(const struct mtunnel *mt)
+{
+	uint64_t x = (uint64_t)(uintptr_t)mt;
+
+	x ^= x >> 29;
+	x *= 0x9e3779b97f4a7c15ULL;
+	return (size_t)(x >> 32) & (BD_OHASH - 1);
+}
+
+static void bopen_hash_add(struct bd *bd, struct bopen *o)
+{
+	struct bopen **head = &bd->ohash[bd_ohash_slot(o->mt)];
+
+	o->hnext = *head;
+	if (o->hnext)
+		o->hnext->hpprev = &o->hnext;
+	o->hpprev = head;
+	*head = o;
+}
+
+static void bopen_hash_del(struct bopen *o)
+{
+	if (!o->hpprev)
+		return;
+	*o->hpprev = o->hnext;
+	if (o->hnext)
+		o->hnext->hpprev = o->hpprev;
+	o->hpprev = NULL;
+	o->hnext = NULL;
+}
+
+/* Off its election's or its connector's list. */
+static void bopen_unlist(struct bopen *o)
+{
+	if (!o->pprev)
+		return;
+	*o->pprev = o->next;
+	if (o->next)
+		o->next->pprev = o->pprev;
+	o->pprev = NULL;
+	o->next = NULL;
+	o->el = NULL;
+}
+
+static void bopen_list_add(struct bopen **head, struct bopen *o)
+{
+	o->next = *head;
+	if (o->next)
+		o->next->pprev = &o->next;
+	o->pprev = head;
+	*head = o;
+}
+
+static void bopen_timer_stop(struct bopen *o)
+{
+	if (o->has_timer)
+		ring_timer_cancel(o->bd->ring, o->timer);
+	o->has_timer = false;
+}
+
 struct bopen *bd_find_open(struct bd *bd, const struct mtunnel *mt)
 {
-	for (struct bopen *o = bd->opens; o; o = o->next)
+	for (struct bopen *o = bd->ohash[bd_ohash_slot(mt)]; o; o = o->hnext)
 		if (o->mt == mt)
 			return o;
 	return NULL;
@@ -23,81 +85,236 @@ struct bopen *bd_find_open(struct bd *bd, const struct mtunnel *mt)
 
 void bopen_free(struct bopen *o)
 {
-	ring_timer_cancel(o->bd->ring, o->timer);
-	*o->pprev = o->next;
-	if (o->next)
-		o->next->pprev = o->pprev;
+	if (!o)
+		return;
+	bopen_timer_stop(o);
+	bopen_unlist(o);
+	bopen_hash_del(o);
 	free(o);
 }
 
-static void bopen_timeout(struct ring *ring, void *arg)
+enum mt_status bd_elect_status(enum elect_status s)
 {
-	struct bopen *o = arg;
-
-	o->timer = 0;
-	bd_end(o->bd, o->mt, MT_STATUS_TIMEOUT, "the connector did not answer in time", -1);
+	switch (s) {
+	case ELECT_OK:
+		return MT_STATUS_OK;
+	case ELECT_NXDOMAIN:
+		return MT_STATUS_NXDOMAIN;
+	case ELECT_UNREACHABLE:
+		return MT_STATUS_UNREACHABLE;
+	case ELECT_REFUSED:
+		return MT_STATUS_REFUSED;
+	case ELECT_TIMEOUT:
+		return MT_STATUS_TIMEOUT;
+	case ELECT_NO_CONNECTOR:
+		return MT_STATUS_NO_CONNECTOR;
+	case ELECT_PENDING:
+	case ELECT_ERROR:
+		break;
+	}
+	return MT_STATUS_ERROR;
 }
 
-static const char **bd_user_groups(struct bd *bd, const char *user, size_t *n)
+const char **bd_user_groups(struct bd *bd, const char *user, size_t *n)
 {
-	for (size_t i = 0; i < bd->nusers; i++)
-		if (strcmp(bd->users[i].name, user) == 0) {
-			*n = bd->users[i].ngroups;
-			return bd->users[i].groups;
+	for (size_t i = 0; i < bd->cfg->nusers; i++)
+		if (strcmp(bd->cfg->users[i].name, user) == 0) {
+			*n = bd->cfg->users[i].ngroups;
+			return bd->cfg->users[i].groups;
 		}
 	*n = 0;
 	return NULL;
 }
 
-static struct bconnector *bd_pick(struct bd *bd, const struct segment *seg)
+static void bopen_retry(struct bopen *o, enum mt_status st, const char *reason);
+static void bopen_dispatch(struct bopen *o);
+
+static void bopen_timeout(struct ring *ring, void *arg)
 {
-	uint32_t groups[BD_GROUPS_MAX];
-	size_t n = segment_connector_groups(bd->segs, seg, groups, BD_GROUPS_MAX);
-	struct bconnector *best = NULL;
+	struct bopen *o = arg;
 
-	for (struct bconnector *c = bd->connectors; c; c = c->next) {
-		bool in = false;
+	o->has_timer = false;
+	bopen_retry(o, MT_STATUS_TIMEOUT, "the connector did not answer in time");
+}
 
-		for (size_t i = 0; i < n; i++)
-			in |= groups[i] == c->group;
-		if (in && c->ctl && (!best || c->load < best->load))
-			best = c;
+static void bopen_bind(struct bopen *o, struct bconnector *c)
+{
+	struct bd *bd = o->bd;
+	struct mtunnel *mt = o->mt;
+	struct mt_msg bind = {.hdr = {.type = MT_BIND}};
+	int err;
+
+	o->tries++;
+	err = mtunnel_bind(bd->t, mt, &c->dc.mc);
+	if (err < 0) {
+		bd_end(bd, mt, MT_STATUS_ERROR, "broker out of mtunnels", -1);
+		return;
 	}
-	return best;
+	o->c = c;
+	bopen_list_add(&c->opens, o);
+	if (RAND_bytes(o->cookie, sizeof(o->cookie)) != 1 ||
+	    ring_timer_add(bd->ring, BD_OPEN_TIMEOUT_MS * 1000000ULL, bopen_timeout, o, &o->timer) <
+	        0) {
+		bd_end(bd, mt, MT_STATUS_ERROR, "internal error", -1);
+		return;
+	}
+	o->has_timer = true;
+	bind.hdr.id = mt->leg[1].id;
+	bind.u.bind.host = (struct mt_bytes){(const uint8_t *)o->name, (uint16_t)strlen(o->name)};
+	bind.u.bind.port = o->port;
+	bind.u.bind.proto = o->proto;
+	bind.u.bind.broker = (struct mt_bytes){(const uint8_t *)bd->cfg->advertise,
+	                                       (uint16_t)strlen(bd->cfg->advertise)};
+	bind.u.bind.cookie = (struct mt_bytes){o->cookie, MT_COOKIE_LEN};
+	bind.u.bind.window = o->win0;
+	log_event(LOG_LVL_INFO, "mtunnel.bind",
+	          "user=%s host=%s port=%u segment=%u rule=%u connector=%s agent_id=%u conn_id=%u "
+	          "try=%u",
+	          o->agent->id.user, o->name, o->port, o->segment_id, o->rule_id, c->id,
+	          o->agent_id, mt->leg[1].id, o->tries);
+	if (bpeer_send_msg(c->ctl, &bind) < 0)
+		bopen_retry(o, MT_STATUS_ERROR, "cannot send BIND to the connector");
+}
+
+/*
+ * The connector o was bound to failed: hold it down for the name and try the next one
+ * (cached runner-up, else a new probe round), or end the OPEN after BD_BIND_TRIES.
+ */
+static void bopen_retry(struct bopen *o, enum mt_status st, const char *reason)
+{
+	struct bd *bd = o->bd;
+	struct bconnector *c = o->c;
+	uint64_t now = bd_now_ms();
+	int err = 0;
+
+	if (c) {
+		elect_fail(bd->el, o->name, c->id, now);
+		log_event(LOG_LVL_WARN, "mtunnel.failover",
+		          "host=%s port=%u connector=%s status=%s reason=\"%s\" try=%u", o->name,
+		          o->port, c->id, wire_status_name(st), reason, o->tries);
+		/* It may still connect and answer later: tell it the leg is gone. */
+		if (c->data && o->mt->leg[1].conn) {
+			struct mt_msg m = {.hdr = {.type = MT_RESET, .id = o->mt->leg[1].id}};
+
+			m.u.reset.status = (uint8_t)st;
+			bpeer_send_msg(c->data, &m);
+		}
+	}
+	/* Bounded in tries and in time: the agent waits for one answer. */
+	if (o->tries >= BD_BIND_TRIES || st == MT_STATUS_DENIED ||
+	    now - o->start_ms >= BD_OPEN_TIMEOUT_MS) {
+		bd_end(bd, o->mt, st, reason, -1);
+		return;
+	}
+	/* A fresh record: the agent's leg keeps its id, the connector leg is unbound. */
+	bopen_timer_stop(o);
+	bopen_unlist(o);
+	bopen_hash_del(o);
+	o->c = NULL;
+	mtunnel_free(bd->t, o->mt);
+	o->mt = mtunnel_new(bd->t, &o->agent->own.mc, o->agent_id, o->segment_id, o->rule_id, now,
+	                    &err);
+	if (!o->mt) {
+		bd_reply(o->agent, MT_OPEN_REPLY, o->agent_id, MT_STATUS_ERROR, 0,
+		         "broker out of mtunnels");
+		free(o);
+		return;
+	}
+	bopen_hash_add(bd, o);
+	bopen_dispatch(o);
+}
+
+static void bopen_dispatch(struct bopen *o)
+{
+	struct bd *bd = o->bd;
+	const struct segment *seg = segset_find(bd->cfg->segs, o->segment_id);
+	uint32_t groups[BD_GROUPS_MAX];
+	struct elect_result r;
+	struct bconnector *c;
+	size_t n;
+
+	if (!seg) {
+		bd_end(bd, o->mt, MT_STATUS_NXDOMAIN, "the app segment was removed", -1);
+		return;
+	}
+	n = segment_connector_groups(bd->cfg->segs, seg, groups, BD_GROUPS_MAX);
+	if (elect_cache_get(bd->el, o->name, groups, n, bd_now_ms(), &r)) {
+		c = bd_find_connector(bd, r.id);
+		if (c && c->ctl && (!c->has_capacity || c->load < c->capacity)) {
+			bopen_bind(o, c);
+			return;
+		}
+	}
+	if (bd_elect_open(bd, o, groups, n) < 0)
+		bd_end(bd, o->mt, MT_STATUS_ERROR, "out of memory", -1);
+}
+
+void bopen_elected(struct bopen *o, const struct elect_result *r, const char *reason)
+{
+	struct bconnector *c;
+
+	if (r->status == ELECT_OK) {
+		c = bd_find_connector(o->bd, r->id);
+		if (c && c->ctl) {
+			bopen_bind(o, c);
+			return;
+		}
+		bd_end(o->bd, o->mt, MT_STATUS_NO_CONNECTOR, "the elected connector left", -1);
+		return;
+	}
+	bd_end(o->bd, o->mt, bd_elect_status(r->status), reason, -1);
+}
+
+void bd_connector_lost(struct bd *bd, struct bconnector *c)
+{
+	struct bopen *lost = c->opens, *o;
+
+	/* Detached first: a retry may bind to c again (its control session is still up). */
+	c->opens = NULL;
+	if (lost)
+		lost->pprev = &lost;
+	while ((o = lost))
+		bopen_retry(o, MT_STATUS_UNREACHABLE, "the connector went away");
 }
 
 void bd_on_open(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr, const uint8_t *frame,
                 size_t len)
 {
-	char name[MT_NAME_MAX + 1] = "", reason[128];
+	char raw[MT_NAME_MAX + 1] = "", name[MT_NAME_MAX + 1] = "", reason[MT_TEXT_MAX + 1];
+	unsigned char addr[16];
 	struct policy_decision dec;
-	struct policy_subject subj = {.tenant = bd->tenant, .user = p->id.user};
+	struct policy_subject subj = {.tenant = bd->cfg->tenant, .user = p->id.user};
 	const struct segment *seg;
-	struct bconnector *c;
 	struct bopen *o;
 	struct mtunnel *mt;
-	struct mt_msg m, bind = {.hdr = {.type = MT_BIND}};
+	struct mt_msg m;
 	const char *why;
 	int err = 0;
 
 	if (wire_decode(frame, len, &m, &why) < 0)
 		return;
-	memcpy(name, m.u.open.name.p, m.u.open.name.len);
+	memcpy(raw, m.u.open.name.p, m.u.open.name.len);
 	if (mtunnel_lookup(bd->t, &p->own.mc, hdr->id, NULL)) {
 		session_close(p->s, MT_STATUS_PROTOCOL, "OPEN on a live mtunnel id");
 		return;
 	}
-	seg = segment_match(bd->segs, name, m.u.open.proto, m.u.open.port);
+	/* One spelling per name, so that the election cache sees one entry. */
+	if (inet_pton(AF_INET, raw, addr) == 1 || inet_pton(AF_INET6, raw, addr) == 1)
+		memcpy(name, raw, sizeof(name));
+	else if (segment_normalize_name(raw, name, &why) < 0)
+		name[0] = '\0';
+	seg = name[0] ? segment_match(bd->cfg->segs, name, m.u.open.proto, m.u.open.port) : NULL;
 	if (!seg) {
-		snprintf(reason, sizeof(reason), "%s:%u is in no app segment", name, m.u.open.port);
+		snprintf(reason, sizeof(reason), "%.*s:%u is in no app segment",
+		         (int)m.u.open.name.len, (const char *)m.u.open.name.p, m.u.open.port);
 		log_event(LOG_LVL_INFO, "mtunnel.refused",
-		          "user=%s host=%s port=%u status=nxdomain", p->id.user, name,
-		          m.u.open.port);
+		          "user=%s host=%.*s port=%u status=nxdomain", p->id.user,
+		          (int)m.u.open.name.len, (const char *)m.u.open.name.p, m.u.open.port);
 		bd_reply(p, MT_OPEN_REPLY, hdr->id, MT_STATUS_NXDOMAIN, 0, reason);
 		return;
 	}
 	subj.groups = bd_user_groups(bd, p->id.user, &subj.ngroups);
-	policy_eval(bd->pol, &subj, seg, time(NULL), &dec);
+	policy_eval(bd->cfg->pol, &subj, seg, time(NULL), &dec);
 	if (dec.action != POLICY_ALLOW) {
 		snprintf(reason, sizeof(reason), "%s%s%s", dec.reason, *dec.rule_name ? " " : "",
 		         dec.rule_name);
@@ -107,55 +324,27 @@ void bd_on_open(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr, const 
 		bd_reply(p, MT_OPEN_REPLY, hdr->id, MT_STATUS_DENIED, 0, reason);
 		return;
 	}
-	c = bd_pick(bd, seg);
-	if (!c) {
-		bd_reply(p, MT_OPEN_REPLY, hdr->id, MT_STATUS_NO_CONNECTOR, 0,
-		         "no connector serves the segment");
-		return;
-	}
 	o = calloc(1, sizeof(*o));
 	mt = o ? mtunnel_new(bd->t, &p->own.mc, hdr->id, seg->id, dec.rule_id, bd_now_ms(), &err)
 	       : NULL;
-	if (mt)
-		err = mtunnel_bind(bd->t, mt, &c->dc.mc);
-	if (!mt || err < 0) {
-		mtunnel_free(bd->t, mt);
+	if (!mt) {
 		free(o);
 		bd_reply(p, MT_OPEN_REPLY, hdr->id, MT_STATUS_ERROR, 0, "broker out of mtunnels");
 		return;
 	}
 	o->bd = bd;
 	o->mt = mt;
-	o->c = c;
+	o->agent = p;
+	o->agent_id = hdr->id;
+	o->segment_id = seg->id;
+	o->rule_id = dec.rule_id;
 	o->win0 = m.u.open.window;
+	o->start_ms = bd_now_ms();
 	o->port = m.u.open.port;
+	o->proto = m.u.open.proto;
 	memcpy(o->name, name, sizeof(o->name));
-	if (RAND_bytes(o->cookie, sizeof(o->cookie)) != 1 ||
-	    ring_timer_add(bd->ring, BD_OPEN_TIMEOUT_MS * 1000000ULL, bopen_timeout, o, &o->timer) <
-	        0) {
-		mtunnel_free(bd->t, mt);
-		free(o);
-		bd_reply(p, MT_OPEN_REPLY, hdr->id, MT_STATUS_ERROR, 0, "internal error");
-		return;
-	}
-	o->next = bd->opens;
-	if (o->next)
-		o->next->pprev = &o->next;
-	o->pprev = &bd->opens;
-	bd->opens = o;
-	bind.hdr.id = mt->leg[1].id;
-	bind.u.bind.host = m.u.open.name;
-	bind.u.bind.port = m.u.open.port;
-	bind.u.bind.proto = m.u.open.proto;
-	bind.u.bind.broker =
-	    (struct mt_bytes){(const uint8_t *)bd->advertise, (uint16_t)strlen(bd->advertise)};
-	bind.u.bind.cookie = (struct mt_bytes){o->cookie, MT_COOKIE_LEN};
-	bind.u.bind.window = m.u.open.window;
-	log_event(LOG_LVL_INFO, "mtunnel.bind",
-	          "user=%s host=%s port=%u segment=%u rule=%u connector=%s agent_id=%u conn_id=%u",
-	          p->id.user, name, o->port, seg->id, dec.rule_id, c->id, hdr->id, mt->leg[1].id);
-	if (bpeer_send_msg(c->ctl, &bind) < 0)
-		bd_end(bd, mt, MT_STATUS_ERROR, "cannot send BIND", -1);
+	bopen_hash_add(bd, o);
+	bopen_dispatch(o);
 }
 
 void bd_on_bind_reply(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr,
@@ -173,15 +362,15 @@ void bd_on_bind_reply(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr,
 		return;
 	mt = mtunnel_lookup(bd->t, &c->dc.mc, hdr->id, &leg);
 	o = mt && leg == 1 ? bd_find_open(bd, mt) : NULL;
-	if (!o) {
+	if (!o || o->c != c) {
 		log_debug("BIND_REPLY for no pending mtunnel %u", hdr->id);
 		return;
 	}
 	if (m.u.reply.reason.len)
 		memcpy(reason, m.u.reply.reason.p, m.u.reply.reason.len);
 	if (m.u.reply.status != MT_STATUS_OK) {
-		bd_end(bd, mt, (enum mt_status)m.u.reply.status,
-		       *reason ? reason : wire_status_name(m.u.reply.status), -1);
+		bopen_retry(o, (enum mt_status)m.u.reply.status,
+		            *reason ? reason : wire_status_name(m.u.reply.status));
 		return;
 	}
 	if (p->kind != BP_DATA) {
@@ -192,6 +381,7 @@ void bd_on_bind_reply(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr,
 	bd_reply(leg_peer(mt, 0), MT_OPEN_REPLY, mt->leg[0].id, MT_STATUS_OK, m.u.reply.window,
 	         NULL);
 	c->load++;
+	bd_elect_register(bd, c);
 	log_event(LOG_LVL_INFO, "mtunnel.open",
 	          "agent_id=%u conn_id=%u connector=%s host=%s port=%u", mt->leg[0].id,
 	          mt->leg[1].id, c->id, o->name, o->port);

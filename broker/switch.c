@@ -19,41 +19,78 @@ uint64_t bd_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Appends a frame; the buffer compacts or doubles only when its tail has no room. */
 static int bpeer_queue(struct bpeer *p, const uint8_t *frame, size_t len)
 {
-	struct bqframe *q = malloc(sizeof(*q) + len);
+	struct bqframe *q = p->qhead;
 
-	if (!q)
-		return -ENOMEM;
-	q->next = NULL;
-	q->len = len;
-	memcpy(q->frame, frame, len);
-	if (p->qtail)
-		p->qtail->next = q;
-	else
-		p->qhead = q;
-	p->qtail = q;
+	if (!q || q->cap - q->off - q->len < len) {
+		size_t need = (q ? q->len : 0) + len, cap = q ? q->cap : BQ_MIN;
+
+		if (q && q->cap >= need) {
+			memmove(q->buf, q->buf + q->off, q->len);
+			q->off = 0;
+		} else {
+			while (cap < need)
+				cap *= 2;
+			if (cap > BQ_MAX)
+				return -ENOBUFS;
+			q = realloc(q, sizeof(*q) + cap);
+			if (!q)
+				return -ENOMEM;
+			if (!p->qhead) {
+				q->off = q->len = 0;
+				q->next = NULL;
+			} else if (q->off) {
+				memmove(q->buf, q->buf + q->off, q->len);
+				q->off = 0;
+			}
+			q->cap = cap;
+			p->qhead = q;
+		}
+	}
+	memcpy(q->buf + q->off + q->len, frame, len);
+	q->len += len;
 	return 0;
 }
 
 void bpeer_flush(struct bpeer *p)
 {
-	while (p->qhead) {
-		struct bqframe *q = p->qhead;
-		int ret = session_send_frame(p->s, q->frame, q->len);
+	struct bqframe *q = p->qhead;
 
+	while (q && q->len) {
+		const uint8_t *f = q->buf + q->off;
+		const char *why;
+		struct mt_hdr h;
+		size_t flen;
+		int ret;
+
+		/* Queued whole by bpeer_queue after session_send_frame parsed them. */
+		if (wire_peek_header(f, q->len, &h, &why) < 0 ||
+		    (flen = wire_frame_len(&h)) > q->len) {
+			log_warnx("broker: send queue of %s corrupt; dropped", p->id.id);
+			q->off = q->len = 0;
+			return;
+		}
+		ret = session_send_frame(p->s, f, flen);
 		if (ret == -EAGAIN)
 			return;
-		p->qhead = q->next;
-		if (!p->qhead)
-			p->qtail = NULL;
-		free(q);
+		q->off += flen;
+		q->len -= flen;
 	}
+	if (q)
+		q->off = 0;
+}
+
+void bpeer_queue_free(struct bpeer *p)
+{
+	free(p->qhead);
+	p->qhead = NULL;
 }
 
 /*
  * DATA is bounded by the mtunnel windows end to end, so what waits here for one mtunnel
- * never exceeds its window.
+ * never exceeds its window; BQ_MAX bounds the peer (an mtunnel past it is reset).
  */
 int bpeer_send_frame(struct bpeer *p, const uint8_t *frame, size_t len)
 {
@@ -61,7 +98,7 @@ int bpeer_send_frame(struct bpeer *p, const uint8_t *frame, size_t len)
 
 	if (!p)
 		return -ENOTCONN;
-	if (!p->qhead) {
+	if (!p->qhead || !p->qhead->len) {
 		ret = session_send_frame(p->s, frame, len);
 		if (ret != -EAGAIN)
 			return ret;
@@ -111,22 +148,27 @@ struct bpeer *leg_peer(const struct mtunnel *mt, int leg)
 	return mt->leg[leg].conn ? bconn_of(mt->leg[leg].conn)->p : NULL;
 }
 
-/* Ends mt: OPEN_REPLY (still opening) or RESET to the agent, RESET to the connector. */
+/*
+ * Ends mt: OPEN_REPLY (still opening) or RESET to the agent, RESET to the connector, except
+ * skip_leg's (2: neither). A RESET after both FINs would make an end drop the payload it
+ * has not yet written to its socket.
+ */
 void bd_end(struct bd *bd, struct mtunnel *mt, enum mt_status st, const char *reason, int skip_leg)
 {
 	struct bopen *o = bd_find_open(bd, mt);
 	struct bpeer *p0 = leg_peer(mt, 0), *p1 = leg_peer(mt, 1);
+	bool tell0 = skip_leg == -1 || skip_leg == 1, tell1 = skip_leg == -1 || skip_leg == 0;
 
 	if (o) {
-		if (skip_leg != 0)
+		if (tell0)
 			bd_reply(p0, MT_OPEN_REPLY, mt->leg[0].id, st, 0, reason);
 		bopen_free(o);
 	} else {
 		struct bconnector *c = mt->leg[1].conn ? bconn_of(mt->leg[1].conn)->owner : NULL;
 
-		if (skip_leg != 0)
+		if (tell0)
 			bd_send_reset(p0, mt->leg[0].id, st, reason);
-		if (skip_leg != 1)
+		if (tell1)
 			bd_send_reset(p1, mt->leg[1].id, st, reason);
 		if (c && c->load)
 			c->load--;

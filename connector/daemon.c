@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -24,6 +25,8 @@
 #define CD_BROKERS_MAX     16
 #define CD_WINDOW_DEFAULT  (256U * 1024)
 #define CD_CONNECT_DEFAULT 5000
+#define CD_ADDR_SLOTS      256   /* addresses probes found, by host and port */
+#define CD_ADDR_FRESH_MS   30000 /* a BIND within this of its probe connects there */
 
 struct cd;
 struct cdata;
@@ -51,6 +54,26 @@ struct cbind {
 	uint8_t cookie[MT_COOKIE_LEN];
 };
 
+/* A PROBE being answered; the prober calls back once unless cancelled. */
+struct cprobe {
+	struct cprobe *next, **pprev;
+	struct cd *cd;
+	struct session *ctl; /* where the answer goes */
+	struct probe *pr;
+	uint32_t req_id;
+	uint16_t port;
+	char host[MT_NAME_MAX + 1];
+};
+
+/* The address a successful probe connected to: the broker never learns it. */
+struct cd_addr {
+	char host[MT_NAME_MAX + 1];
+	uint16_t port;
+	uint64_t at_ms;
+	struct sockaddr_storage ss;
+	socklen_t len;
+};
+
 /* A data session to one broker address, shared by its mtunnels. */
 struct cdata {
 	struct cdata *next, **pprev;
@@ -75,7 +98,41 @@ struct cd {
 	struct session_dialer *ctl[CD_BROKERS_MAX];
 	struct cdata *datas;
 	struct cbind *connecting; /* binds not on a data session yet */
+	struct prober *prober;
+	struct cprobe *probes;
+	struct cd_addr *addrs; /* CD_ADDR_SLOTS */
+	const char **dns_servers;
+	size_t ndns;
+	uint64_t dns_timeout_ms;
+	unsigned dns_tries;
 };
+
+static uint64_t cd_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static struct cd_addr *cd_addr_slot(struct cd *cd, const char *host, uint16_t port)
+{
+	uint32_t h = 2166136261U ^ port;
+
+	for (const char *c = host; *c; c++)
+		h = (h ^ (uint8_t)*c) * 16777619U;
+	return &cd->addrs[h % CD_ADDR_SLOTS];
+}
+
+static const struct cd_addr *cd_addr_get(struct cd *cd, const char *host, uint16_t port)
+{
+	const struct cd_addr *a = cd_addr_slot(cd, host, port);
+
+	if (a->len && a->port == port && strcmp(a->host, host) == 0 &&
+	    cd_now_ms() - a->at_ms < CD_ADDR_FRESH_MS)
+		return a;
+	return NULL;
+}
 
 static void list_add(struct cbind **head, struct cbind *b)
 {
@@ -380,6 +437,7 @@ static void cbind_timeout(struct ring *ring, void *arg)
 static void cd_on_bind(struct cd *cd, struct session *s, const struct mt_hdr *hdr,
                        const uint8_t *frame, size_t len)
 {
+	const struct cd_addr *addr;
 	struct sockaddr_storage ss;
 	socklen_t sl;
 	struct cbind *b;
@@ -408,10 +466,17 @@ static void cd_on_bind(struct cd *cd, struct session *s, const struct mt_hdr *hd
 		cbind_fail(b, MT_STATUS_REFUSED, "only TCP is carried");
 		return;
 	}
-	ret = cd_resolve(NULL, b->host, b->port, &ss, &sl);
-	if (ret < 0) {
-		cbind_fail(b, cd_status_of(ret), "cannot resolve the host");
-		return;
+	addr = cd_addr_get(cd, b->host, b->port);
+	if (addr) {
+		memcpy(&ss, &addr->ss, addr->len);
+		sl = addr->len;
+	} else {
+		/* No fresh probe for it (another broker elected us long ago): resolve now. */
+		ret = cd_resolve(NULL, b->host, b->port, &ss, &sl);
+		if (ret < 0) {
+			cbind_fail(b, cd_status_of(ret), "cannot resolve the host");
+			return;
+		}
 	}
 	b->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (b->fd < 0) {
@@ -429,6 +494,105 @@ static void cd_on_bind(struct cd *cd, struct session *s, const struct mt_hdr *hd
 	b->has_timer = true;
 }
 
+static void cprobe_del(struct cprobe *cp)
+{
+	*cp->pprev = cp->next;
+	if (cp->next)
+		cp->next->pprev = cp->pprev;
+	free(cp);
+}
+
+static void cd_probe_reply(struct session *s, uint32_t req_id, enum mt_status st,
+                           uint32_t latency_us, const char *reason)
+{
+	struct mt_msg m = {.hdr = {.type = MT_PROBE_REPLY}};
+
+	m.u.probe_reply.req_id = req_id;
+	m.u.probe_reply.status = (uint8_t)st;
+	m.u.probe_reply.latency_us = latency_us;
+	if (reason && *reason)
+		m.u.probe_reply.reason = (struct mt_bytes){(const uint8_t *)reason,
+		                                           (uint16_t)strnlen(reason, MT_TEXT_MAX)};
+	if (session_send_msg(s, &m) < 0)
+		log_warnx("PROBE_REPLY %u not sent", req_id);
+}
+
+static void cd_probe_done(struct probe *p, const struct probe_result *res, void *arg)
+{
+	struct cprobe *cp = arg;
+	struct cd *cd = cp->cd;
+
+	if (res->status == MT_STATUS_OK && res->addr.ss_family != AF_UNSPEC) {
+		struct cd_addr *a = cd_addr_slot(cd, cp->host, cp->port);
+
+		snprintf(a->host, sizeof(a->host), "%s", cp->host);
+		a->port = cp->port;
+		a->at_ms = cd_now_ms();
+		memcpy(&a->ss, &res->addr, sizeof(a->ss));
+		a->len = res->addrlen;
+	}
+	log_event(LOG_LVL_DEBUG, "probe.done",
+	          "req=%u host=%s port=%u status=%s latency_us=%u "
+	          "reason=\"%s\"",
+	          cp->req_id, cp->host, cp->port, wire_status_name(res->status), res->latency_us,
+	          res->reason);
+	if (cp->ctl)
+		cd_probe_reply(cp->ctl, cp->req_id, res->status, res->latency_us, res->reason);
+	cprobe_del(cp);
+}
+
+static void cd_on_probe(struct cd *cd, struct session *s, const uint8_t *frame, size_t len)
+{
+	struct cprobe *cp;
+	struct mt_msg m;
+	const char *why;
+	uint32_t deadline;
+
+	if (wire_decode(frame, len, &m, &why) < 0)
+		return;
+	cp = calloc(1, sizeof(*cp));
+	if (!cp) {
+		cd_probe_reply(s, m.u.probe.req_id, MT_STATUS_ERROR, 0, "out of memory");
+		return;
+	}
+	cp->cd = cd;
+	cp->ctl = s;
+	cp->req_id = m.u.probe.req_id;
+	cp->port = m.u.probe.port;
+	memcpy(cp->host, m.u.probe.host.p, m.u.probe.host.len);
+	deadline = m.u.probe.deadline_ms;
+	if (deadline == 0)
+		deadline = 1;
+	if (deadline > PROBE_MAX_DEADLINE_MS)
+		deadline = PROBE_MAX_DEADLINE_MS;
+	cp->pr = probe_start(cd->prober, cp->host, cp->port, m.u.probe.proto, deadline,
+	                     cd_probe_done, cp);
+	if (!cp->pr) {
+		cd_probe_reply(s, cp->req_id, MT_STATUS_ERROR, 0, "probe refused");
+		free(cp);
+		return;
+	}
+	cp->next = cd->probes;
+	if (cp->next)
+		cp->next->pprev = &cp->next;
+	cp->pprev = &cd->probes;
+	cd->probes = cp;
+}
+
+/* Probes whose answer would go to session s (NULL: all) end without one. */
+static void cd_probes_cancel(struct cd *cd, struct session *s)
+{
+	struct cprobe *cp, *next;
+
+	for (cp = cd->probes; cp; cp = next) {
+		next = cp->next;
+		if (s && cp->ctl != s)
+			continue;
+		probe_cancel(cp->pr);
+		cprobe_del(cp);
+	}
+}
+
 static void ctl_on_established(struct session *s, const struct ident *peer,
                                const struct mt_hello *hello, void *arg)
 {
@@ -444,6 +608,10 @@ static void ctl_on_frame(struct session *s, struct mt_hdr *hdr, uint8_t *frame, 
 		cd_on_bind(cd, s, hdr, frame, len);
 		return;
 	}
+	if (hdr->type == MT_PROBE) {
+		cd_on_probe(cd, s, frame, len);
+		return;
+	}
 	log_debug("control: ignoring %s", wire_type_name(hdr->type));
 }
 
@@ -453,6 +621,7 @@ static void ctl_on_closed(struct session *s, const char *reason, enum mt_status 
 
 	log_event(LOG_LVL_WARN, "connector.control.down", "status=%s reason=\"%s\"",
 	          wire_status_name(status), reason);
+	cd_probes_cancel(cd, s);
 	for (struct cbind *b = cd->connecting; b; b = b->next)
 		if (b->ctl == s)
 			b->ctl = NULL;
@@ -487,6 +656,9 @@ static void cd_shutdown(struct cd *cd)
 			ring_close(cd->ring, d->fd, NULL, NULL);
 		cdata_free(d, "connector stopping");
 	}
+	cd_probes_cancel(cd, NULL);
+	prober_free(cd->prober);
+	cd->prober = NULL;
 	for (size_t i = 0; i < cd->nbrokers; i++) {
 		session_dial_stop(cd->ctl[i]);
 		cd->ctl[i] = NULL;
@@ -506,7 +678,7 @@ static int cd_config(struct cd *cd, struct conf *c, const char *path, const char
 {
 	const char *lvl_s = NULL, *win_s = NULL, *conn_s = NULL, *why = NULL;
 	enum log_level lvl;
-	int64_t cap = -1;
+	int64_t cap = -1, tries = PROBE_DEFAULT_DNS_TRIES;
 	uint64_t v;
 	int ret;
 
@@ -522,8 +694,18 @@ static int cd_config(struct cd *cd, struct conf *c, const char *path, const char
 	    (ret = conf_get_str(c, "connector.connect_timeout", CONF_OPTIONAL, &conn_s)) < 0 ||
 	    (ret = conf_get_str(c, "connector.log_level", CONF_OPTIONAL, &lvl_s)) < 0 ||
 	    (ret = conf_get_strv(c, "connector.brokers", CONF_REQUIRED, brokers, &cd->nbrokers)) <
-	        0)
+	        0 ||
+	    (ret = conf_get_strv(c, "connector.dns_servers", CONF_OPTIONAL, &cd->dns_servers,
+	                         &cd->ndns)) < 0 ||
+	    (ret = conf_get_duration(c, "connector.dns_timeout", CONF_OPTIONAL, 10, 30000,
+	                             &cd->dns_timeout_ms)) < 0 ||
+	    (ret = conf_get_int(c, "connector.dns_tries", CONF_OPTIONAL, 1, 10, &tries)) < 0)
 		return ret;
+	cd->dns_tries = (unsigned)tries;
+	if (cd->ndns > PROBE_SERVERS_MAX) {
+		log_warnx("%s: connector.dns_servers: at most %d", path, PROBE_SERVERS_MAX);
+		return -EINVAL;
+	}
 	if ((ret = conf_check_unknown(c)) < 0)
 		return ret;
 	if (cd->nbrokers == 0 || cd->nbrokers > CD_BROKERS_MAX) {
@@ -628,6 +810,22 @@ int connector_run(int argc, char **argv)
 	ret = ring_signals(cd.ring, &sigs, cd_signal, &cd);
 	if (ret < 0)
 		goto out;
+	{
+		struct prober_conf pc = {
+		    .servers = cd.dns_servers,
+		    .nservers = (unsigned)cd.ndns,
+		    .dns_timeout_ms = (unsigned)cd.dns_timeout_ms,
+		    .dns_tries = cd.dns_tries,
+		};
+
+		cd.addrs = calloc(CD_ADDR_SLOTS, sizeof(*cd.addrs));
+		cd.prober = cd.addrs ? prober_new(cd.ring, &pc) : NULL;
+		if (!cd.prober) {
+			ret = -errno;
+			log_warn("probes (DNS resolver)");
+			goto out;
+		}
+	}
 	for (size_t i = 0; i < cd.nbrokers; i++) {
 		struct session_dial_opts o = {
 		    .sess = {.bufs = cd.bufs,
@@ -660,7 +858,10 @@ out:
 	for (size_t i = 0; i < cd.nbrokers; i++)
 		if (cd.ctl[i])
 			session_dial_stop(cd.ctl[i]);
+	prober_free(cd.prober);
 	ring_free(cd.ring);
+	free(cd.addrs);
+	free(cd.dns_servers);
 	tls_ctx_free(cd.ctx);
 	sk_X509_free(anchors);
 	enroll_identity_free(&cd.idn);

@@ -376,6 +376,34 @@ static void failover_by_new_probe(void)
 	elect_free(e);
 }
 
+/* A held-down connector that succeeds in a new probe is usable again at once. */
+static void success_lifts_holddown(void)
+{
+	struct elect *e = new_elect();
+	struct elect_candidate c[ELECT_K_MAX];
+	struct elect_pending p;
+	struct elect_result r = {.status = ELECT_OK, .id = "fra-1", .group = 1, .latency_us = 100};
+	struct elect_result got;
+	size_t n;
+
+	T_REQUIRE(e);
+	T_EQ(conn(e, "fra-1", 1, true, 0), 0);
+	T_EQ(elect_cache_put(e, "db.corp.example", &r, 0), 0);
+	elect_fail(e, "db.corp.example", "fra-1", 1);
+	T_CHECK(!elect_cache_get(e, "db.corp.example", all_groups, 3, 2, &got));
+	T_EQ(elect_candidates(e, "db.corp.example", all_groups, 3, 2, c, ELECT_K_MAX), 0);
+	/* The broker probes it anyway (no other candidate), and it answers ok. */
+	n = elect_candidates(e, NULL, all_groups, 3, 2, c, ELECT_K_MAX);
+	T_REQUIRE(n == 1);
+	T_EQ(elect_pending_init(e, &p, "db.corp.example", c, n, 2), 0);
+	T_EQ(elect_pending_reply(&p, "fra-1", ELECT_OK, 120), 0);
+	T_EQ(elect_cache_put_pending(e, &p, 3), 0);
+	T_REQUIRE(elect_cache_get(e, "db.corp.example", all_groups, 3, 4, &got));
+	T_STREQ(got.id, "fra-1");
+	T_EQ(elect_candidates(e, "db.corp.example", all_groups, 3, 4, c, ELECT_K_MAX), 1);
+	elect_free(e);
+}
+
 static void cache_bounded(void)
 {
 	struct elect_config cfg = {
@@ -437,6 +465,7 @@ int main(void)
 	T_RUN(cache_hit_and_expiry);
 	T_RUN(cache_dropped_when_connector_unhealthy);
 	T_RUN(failover_on_elect_fail);
+	T_RUN(success_lifts_holddown);
 	T_RUN(failover_by_new_probe);
 	T_RUN(cache_bounded);
 	T_RUN(config_checked);
