@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "ident.h"
 #include "segment.h"
 
 /* pool.c */
@@ -130,6 +131,12 @@ int dns_stub_set_segments(struct dns_stub *stub, const struct segset *segs);
 int dns_stub_query(struct dns_stub *stub, const uint8_t *pkt, size_t len,
                    const struct sockaddr *client, socklen_t client_len, unsigned flags,
                    uint64_t now, uint8_t *out, size_t outsize, struct dns_result *res);
+/* The same, forwarding a public query to upstream (the resolver the client asked)
+ * instead of the configured one; upstream NULL: the configured one. */
+int dns_stub_query_via(struct dns_stub *stub, const uint8_t *pkt, size_t len,
+                       const struct sockaddr *client, socklen_t client_len,
+                       const struct sockaddr *upstream, socklen_t upstream_len, unsigned flags,
+                       uint64_t now, uint8_t *out, size_t outsize, struct dns_result *res);
 /* The broker's answer for a RESOLVE: ANSWER, or -ENOENT for an unknown or expired token. */
 int dns_stub_resolved(struct dns_stub *stub, uint64_t token, enum dns_resolve_status status,
                       uint32_t ttl_s, uint64_t now, uint8_t *out, size_t outsize,
@@ -145,7 +152,71 @@ int dns_stub_timer(struct dns_stub *stub, uint64_t now, uint8_t *out, size_t out
 uint64_t dns_stub_next_deadline(const struct dns_stub *stub);
 size_t dns_stub_pending(const struct dns_stub *stub);
 
+/*
+ * tunnel.c: the agent's broker session, shared by forward and run: it keeps the session
+ * up (redial with backoff), carries each local TCP connection as one mtunnel (OPEN, then
+ * lib/stream), receives CONFIG (the forwarding set) and asks RESOLVE.
+ */
+#define TUNNEL_WINDOW_DEFAULT (256U * 1024)
+
+struct tunnel;
+struct ring;
+
+struct tunnel_conf {
+	const char *broker;          /* HOST:PORT */
+	const char *state;           /* the enrolled identity's directory */
+	const char *identity_source; /* NULL: the machine's (or $MTUN_IDENTITY_SOURCE) */
+	uint32_t window;             /* per-mtunnel receive window; 0: the default */
+};
+
+struct tunnel_ops {
+	void (*on_up)(struct tunnel *t, void *arg);
+	void (*on_down)(struct tunnel *t, void *arg);
+	/* A complete CONFIG: segs is the callee's to free (segset_free). */
+	void (*on_config)(struct tunnel *t, struct segset *segs, uint64_t version, void *arg);
+	/* RESOLVE_REPLY (status MT_STATUS_*), or MT_STATUS_ERROR when the session dropped. */
+	void (*on_resolved)(struct tunnel *t, uint32_t req_id, unsigned status, uint32_t ttl,
+	                    const char *reason, void *arg);
+};
+
+struct tunnel_stats {
+	char broker[IDENT_ID_MAX + 1]; /* the broker's id while up, "" otherwise */
+	char user[IDENT_USER_MAX + 1];
+	char tenant[IDENT_TENANT_MAX + 1];
+	char device[2 * IDENT_DEVICE_LEN + 1];
+	bool up;
+	uint64_t config_version;
+	size_t open_mtunnels;
+	uint64_t mtunnels_total;
+	uint64_t bytes_up, bytes_down; /* DATA payload, all sessions so far */
+};
+
+/* Runs once when the mtunnel carrying a connection ends (refused, reset or closed). */
+typedef void tunnel_end_fn(void *arg);
+
+/* Loads the identity and dials the broker on ring; -errno, logged. */
+int tunnel_new(struct ring *ring, const struct tunnel_conf *cfg, const struct tunnel_ops *ops,
+               void *arg, struct tunnel **out);
+/* Carries fd (a connected TCP socket, taken in every case) to name:port; end (may be
+ * NULL) runs once: when the mtunnel is over, or before an error return. 0, or -ENOTCONN
+ * (no session), -EINVAL, -ENOMEM. */
+int tunnel_open(struct tunnel *t, int fd, const char *name, uint16_t port, tunnel_end_fn *end,
+                void *end_arg);
+/* RESOLVE {req_id, name, port, proto}: the answer comes to on_resolved. -ENOTCONN, -EINVAL. */
+int tunnel_resolve(struct tunnel *t, uint32_t req_id, const char *name, uint16_t port,
+                   uint8_t proto);
+bool tunnel_is_up(const struct tunnel *t);
+void tunnel_get_stats(const struct tunnel *t, struct tunnel_stats *st);
+/* Resets every mtunnel and stops the session; the ring should run a little longer to
+ * flush. Then tunnel_free. */
+void tunnel_shutdown(struct tunnel *t);
+void tunnel_free(struct tunnel *t);
+
 /* forward.c: mtun-agent forward, a local TCP port carried as mtunnels to one host:port */
 int forward_main(int argc, char **argv);
+
+/* run.c: mtun-agent run (interception, DNS stub, tunnel) and mtun-agent status */
+int run_main(int argc, char **argv);
+int run_status_main(int argc, char **argv);
 
 #endif

@@ -44,6 +44,7 @@ struct dns_pending {
 	struct dns_q q;
 	struct sockaddr_storage client;
 	socklen_t client_len;
+	struct sockaddr_storage up; /* FORWARD: the resolver it was sent to */
 	char name[SEG_NAME_MAX + 1];
 };
 
@@ -543,6 +544,15 @@ int dns_stub_query(struct dns_stub *stub, const uint8_t *pkt, size_t len,
                    const struct sockaddr *client, socklen_t client_len, unsigned flags,
                    uint64_t now, uint8_t *out, size_t outsize, struct dns_result *res)
 {
+	return dns_stub_query_via(stub, pkt, len, client, client_len, NULL, 0, flags, now, out,
+	                          outsize, res);
+}
+
+int dns_stub_query_via(struct dns_stub *stub, const uint8_t *pkt, size_t len,
+                       const struct sockaddr *client, socklen_t client_len,
+                       const struct sockaddr *upstream, socklen_t upstream_len, unsigned flags,
+                       uint64_t now, uint8_t *out, size_t outsize, struct dns_result *res)
+{
 	char canon[SEG_NAME_MAX + 1], priv[SEG_NAME_MAX + 1];
 	struct dns_q q = {0};
 	ldns_pkt *p = NULL;
@@ -610,7 +620,11 @@ int dns_stub_query(struct dns_stub *stub, const uint8_t *pkt, size_t len,
 	rc = -ENOSPC;
 	if (len > outsize)
 		goto out;
-	if (!stub->upstream_len) {
+	if (!upstream || !dns_peer_valid(upstream, upstream_len)) {
+		upstream = (const struct sockaddr *)&stub->upstream;
+		upstream_len = stub->upstream_len;
+	}
+	if (!upstream_len) {
 		rc = dns_build(&q, LDNS_RCODE_SERVFAIL, false, NULL, NULL, 0, out, outsize, res);
 		goto out;
 	}
@@ -628,11 +642,13 @@ int dns_stub_query(struct dns_stub *stub, const uint8_t *pkt, size_t len,
 		}
 	} while (stub->up_map[stub->pend[idx].up_id] != DNS_NONE);
 	stub->up_map[stub->pend[idx].up_id] = idx;
+	memset(&stub->pend[idx].up, 0, sizeof(stub->pend[idx].up));
+	memcpy(&stub->pend[idx].up, upstream, upstream_len);
 	memcpy(out, pkt, len);
 	LDNS_ID_SET(out, stub->pend[idx].up_id);
 	res->action = DNS_FORWARD;
 	res->len = len;
-	dns_set_peer(res, &stub->upstream, stub->upstream_len);
+	dns_set_peer(res, &stub->pend[idx].up, upstream_len);
 out:
 	free(text);
 	ldns_pkt_free(p);
@@ -696,7 +712,7 @@ int dns_stub_upstream_reply(struct dns_stub *stub, const uint8_t *pkt, size_t le
 	if (idx == DNS_NONE)
 		goto out;
 	p = &stub->pend[idx];
-	if (!dns_peer_valid(from, from_len) || !dns_same_peer(from, &stub->upstream))
+	if (!dns_peer_valid(from, from_len) || !dns_same_peer(from, &p->up))
 		goto out;
 	/* Only the question is parsed: a truncated (TC) reply may end in the middle of a record. */
 	if (ldns_wire2dname(&qname, pkt, len, &pos) != LDNS_STATUS_OK || pos + 4 > len)

@@ -440,7 +440,8 @@ int intercept_del_range(struct intercept *it, struct in_addr addr, unsigned pref
 	return bpf_map__delete_elem(it->skel->maps.ranges, &key, sizeof(key), 0);
 }
 
-int intercept_orig_dst(struct intercept *it, int fd, struct sockaddr_in *dst)
+static int intercept_orig_lookup(struct intercept *it, int fd, unsigned kind,
+                                 struct sockaddr_in *dst)
 {
 	struct intercept_conn_key key = {.netns_cookie = it->netns_cookie};
 	struct intercept_orig orig;
@@ -469,13 +470,23 @@ int intercept_orig_dst(struct intercept *it, int fd, struct sockaddr_in *dst)
 	                                      sizeof(orig), 0);
 	if (err < 0)
 		return err;
-	if (orig.kind != INTERCEPT_KIND_TCP)
+	if (orig.kind != kind)
 		return -ENOENT;
 	memset(dst, 0, sizeof(*dst));
 	dst->sin_family = AF_INET;
 	dst->sin_addr.s_addr = orig.addr;
 	dst->sin_port = orig.port;
 	return 0;
+}
+
+int intercept_orig_dst(struct intercept *it, int fd, struct sockaddr_in *dst)
+{
+	return intercept_orig_lookup(it, fd, INTERCEPT_KIND_TCP, dst);
+}
+
+int intercept_dns_tcp_orig(struct intercept *it, int fd, struct sockaddr_in *resolver)
+{
+	return intercept_orig_lookup(it, fd, INTERCEPT_KIND_DNS_TCP, resolver);
 }
 
 int intercept_dns_orig(struct intercept *it, const struct sockaddr_in *client,

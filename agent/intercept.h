@@ -16,7 +16,7 @@ struct intercept_config {
 	struct in_addr synth;  /* synthetic range, e.g. 100.64.0.0 */
 	unsigned synth_prefix; /* e.g. 10; 0 disables the synthetic range */
 	uint16_t tcp_port;     /* the agent's TCP listener on 127.0.0.1 (required) */
-	uint16_t dns_port;     /* the agent's DNS stub on 127.0.0.1; 0: no DNS interception */
+	uint16_t dns_port;     /* the agent's DNS stub on 127.0.0.1, UDP and TCP; 0: no DNS */
 	uint32_t exempt_mark;  /* SO_MARK on the agent's own sockets; 0: none */
 	uint64_t netns_cookie; /* netns of the listeners; 0: the caller's netns */
 };
@@ -43,6 +43,10 @@ int intercept_del_range(struct intercept *it, struct in_addr addr, unsigned pref
  * The entry is consumed. -ENOENT: not an intercepted connection.
  */
 int intercept_orig_dst(struct intercept *it, int fd, struct sockaddr_in *dst);
+
+/* The same for a TCP connection accepted on the DNS stub's TCP listener (port dns_port):
+ * the resolver it was made to. The entry is consumed. -ENOENT: not intercepted. */
+int intercept_dns_tcp_orig(struct intercept *it, int fd, struct sockaddr_in *resolver);
 
 /*
  * The resolver a query arriving at the DNS stub was sent to; client is the query's

@@ -18,6 +18,16 @@ static int cmd_forward(int argc, char **argv)
 	return forward_main(argc, argv);
 }
 
+static int cmd_run(int argc, char **argv)
+{
+	return run_main(argc, argv);
+}
+
+static int cmd_status(int argc, char **argv)
+{
+	return run_status_main(argc, argv);
+}
+
 static const struct cli_cmd cmds[] = {
     {"enroll", cmd_enroll,
      "--ca HOST:PORT --ca-fingerprint sha256:HEX --token TOKEN --user U [--state DIR] [--id ID] "
@@ -27,6 +37,11 @@ static const struct cli_cmd cmds[] = {
     {"forward", cmd_forward,
      "--broker HOST:PORT --state DIR --listen ADDR:PORT --to HOST:PORT [--identity-source DIR] "
      "[--window SIZE]"},
+    {"run", cmd_run,
+     "--config FILE [--cgroup DIR] [--log-level LEVEL]: intercept DNS and connections of the "
+     "cgroup (default: the cgroup v2 root) and carry them as mtunnels; the file's keys: "
+     "docs/interception.md"},
+    {"status", cmd_status, "[--config FILE | --file STATUS]: the running agent's state"},
 };
 
 int main(int argc, char **argv)

@@ -112,6 +112,12 @@ static __always_inline __u16 redirect_port(struct bpf_sock_addr *ctx, __be32 dad
 		*kind = INTERCEPT_KIND_DNS;
 		return dns_port;
 	}
+	/* DNS over TCP (a retry after a truncated answer, dig +tcp): the stub's TCP side */
+	if (ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP && dns_port &&
+	    dport == DNS_PORT) {
+		*kind = INTERCEPT_KIND_DNS_TCP;
+		return dns_port;
+	}
 	return 0;
 }
 
@@ -291,7 +297,7 @@ int intercept_sockops(struct bpf_sock_ops *ctx)
 	if (!sk)
 		return 1;
 	o = bpf_sk_storage_get(&sk_orig, sk, 0, 0);
-	if (!o || o->kind != INTERCEPT_KIND_TCP)
+	if (!o || (o->kind != INTERCEPT_KIND_TCP && o->kind != INTERCEPT_KIND_DNS_TCP))
 		return 1;
 	/* both loads unconditional: clang would merge them into one off a moved ctx pointer,
 	 * which the verifier refuses */

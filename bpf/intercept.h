@@ -12,8 +12,9 @@
 #define INTERCEPT_MAX_CONNS  65536
 
 /* What a redirected socket was sent to the agent for. */
-#define INTERCEPT_KIND_TCP 1 /* the TCP listener: synthetic range or an IP-range segment */
-#define INTERCEPT_KIND_DNS 2 /* the DNS stub: UDP to port 53 */
+#define INTERCEPT_KIND_TCP     1 /* the TCP listener: synthetic range or an IP-range segment */
+#define INTERCEPT_KIND_DNS     2 /* the DNS stub: UDP to port 53 */
+#define INTERCEPT_KIND_DNS_TCP 3 /* the DNS stub's TCP side: TCP to port 53 (dns_port) */
 
 /* An IP-range segment: LPM-trie key over IPv4 destinations (prefixlen 0..32). */
 struct intercept_range_key {

@@ -53,7 +53,7 @@ running() {
 checks=("up succeeds" "every node has its namespace" "ssh from conn reaches server01"
 	"curl from conn gets server01's page" "client cannot connect to the app's sshd"
 	"no route from client or edge to the app network; conn does not forward"
-	"client resolves www.public.example to inet" "client gets NXDOMAIN for server01.corp.example"
+	"client resolves www.public.example to inet" "outside the agent's cgroup, client gets NXDOMAIN for server01.corp.example"
 	"conn resolves server01.corp.example to the app" "app's sshd refuses password-only logins"
 	"exec returns the command's exit status" "exec client runs in the lab's client cgroup"
 	"the CA answers on 198.18.0.1:8443 in edge with the fingerprint in ca.fingerprint"
@@ -62,11 +62,14 @@ checks=("up succeeds" "every node has its namespace" "ssh from conn reaches serv
 	"no unencrypted private key in the CA's or the components' files"
 	"status shows the CA (pid, address, tenant) and the enrolled identities"
 	"broker (198.18.0.1:9443) and connector (control session up) run after up, and status shows them"
+	"up ends with ssh server01.corp.example hostname from client, through the agent, printing server01"
+	"the agent runs in client with 10 programs on the client cgroup and its pins in the lab's bpffs"
 	"a forward-mode agent in client carries ssh hostname to server01 through broker and connector"
 	"no sanitizer report in the lab's logs while it runs"
 	"a second up is a no-op success" "down removes namespaces, cgroup, processes and state"
 	"down leaves neither mtun-ca nor its signer running"
-	"down leaves neither the broker nor the connector running" "a second down succeeds"
+	"down leaves neither the broker nor the connector running"
+	"down detaches the agent's programs and unmounts the lab's bpffs" "a second down succeeds"
 	"a failed build stops up with the compiler's output and makes nothing"
 	"a failed up says why and removes what it made"
 	"the host's resolv.conf, hosts, ssh_config, ~/.ssh and /run/sshd are unchanged"
@@ -148,10 +151,13 @@ ok "no route from client or edge to the app network; conn does not forward" no_r
 public_name() { [ "$("$lab" exec client -- dig +short www.public.example)" = "$inet_ip" ]; }
 ok "client resolves www.public.example to inet" public_name
 
+# Outside the cgroup the agent intercepts, client's resolver is inet's, which knows nothing of
+# corp.example (inside, tests/agent/intercept.t checks the agent's answers).
 private_nx() {
-	"$lab" exec client -- dig server01.corp.example | grep -q 'status: NXDOMAIN'
+	nsenter --net="/run/netns/$prefix-client" -- dig @"$inet_ip" server01.corp.example |
+		grep -q 'status: NXDOMAIN'
 }
-ok "client gets NXDOMAIN for server01.corp.example" private_nx
+ok "outside the agent's cgroup, client gets NXDOMAIN for server01.corp.example" private_nx
 
 conn_resolves() { [ "$("$lab" exec conn -- dig +short server01.corp.example)" = "$app_ip" ]; }
 ok "conn resolves server01.corp.example to the app" conn_resolves
@@ -275,11 +281,32 @@ daemons_up() {
 }
 ok "broker (198.18.0.1:9443) and connector (control session up) run after up, and status shows them" daemons_up
 
+up_ssh() {
+	tail -n 1 "$tmp/up.out" | grep -q 'ssh server01.corp.example hostname.*: server01$' ||
+		{ diag "$tmp/up.out"; return 1; }
+}
+ok "up ends with ssh server01.corp.example hostname from client, through the agent, printing server01" up_ssh
+
+agent_up() {
+	local pid start name bad=0 cg
+	read -r pid start name <"$state/pids/agent" 2>/dev/null || { echo "# no record of the agent" >&2; return 1; }
+	running "$pid" "$start" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mtun-agent ] ||
+		{ echo "# the agent ($pid) is not running" >&2; bad=1; }
+	cg=$(cat "$state/cgroup")
+	[ "$(bpftool cgroup show "$cg/client" | grep -c intercept_)" = 10 ] ||
+		{ bpftool cgroup show "$cg/client" >&2; bad=1; }
+	[ "$(find "$state/bpf/mtun/$MTUN_LAB" -type f | wc -l)" = 10 ] || { echo "# pins" >&2; bad=1; }
+	grep -q "^0::/$prefix/agent" "/proc/$pid/cgroup" || { echo "# the agent is not in $prefix/agent" >&2; bad=1; }
+	"$lab" status >"$tmp/status3.out" 2>&1
+	grep -Eq "^  mtun +client/agent +pid $pid, session up" "$tmp/status3.out" ||
+		{ diag "$tmp/status3.out"; bad=1; }
+	return $bad
+}
+ok "the agent runs in client with 10 programs on the client cgroup and its pins in the lab's bpffs" agent_up
+
 # The agent's forward mode, as the summary of up shows it.
 forward_ssh() {
 	local fpid out bad=0
-	grep -q -- "mtun-agent forward --broker 198.18.0.1:9443" "$tmp/up.out" ||
-		{ echo "# up does not show how to try mtun-agent forward" >&2; bad=1; }
 	(exec "$lab" exec client -- "$build/agent/mtun-agent" forward --broker "$edge_svc:9443" \
 		--state "$state/client/agent" --listen 127.0.0.1:2222 \
 		--to server01.corp.example:22) </dev/null >"$tmp/fwd.log" 2>&1 &
@@ -316,6 +343,7 @@ ok "no sanitizer report in the lab's logs while it runs" no_sanitizer
 
 # The recorded servers, before the second up and before down.
 cat "$state"/pids/* >"$tmp/pids"
+agent_cg=$(cat "$state/cgroup")/client
 second_up() {
 	"$lab" up >"$tmp/up2.out" 2>&1 && grep -q "already up" "$tmp/up2.out" &&
 		cat "$state"/pids/* | cmp -s - "$tmp/pids"
@@ -350,6 +378,12 @@ down_clean() {
 	return $bad
 }
 ok "down removes namespaces, cgroup, processes and state" down_clean
+
+agent_gone() {
+	! mountpoint -q "$state/bpf" 2>/dev/null && ! grep -q " $state/bpf " /proc/self/mounts &&
+		[ ! -e "$agent_cg" ]
+}
+ok "down detaches the agent's programs and unmounts the lab's bpffs" agent_gone
 
 no_ca_left() {
 	local pid start name found=0 bad=0 p
