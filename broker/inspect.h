@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <sys/socket.h>
+
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -141,5 +143,92 @@ struct mint_stats {
 	size_t cached;
 };
 void mint_get_stats(const struct mint *m, struct mint_stats *st);
+
+/* inspect_key.c: a tenant's inspection key, asked of mtun-ca over mTLS (DESIGN.md §10) */
+
+#define INSPKEY_T_KEY_GET 40                       /* CUSTODY_T_KEY_GET in ca/ca.h */
+#define INSPKEY_PURPOSE   "mtun inspection CA key" /* CUSTODY_PURPOSE in ca/ca.h */
+#define INSPKEY_ID_MAX    64
+
+struct inspkey {
+	char key_id[INSPKEY_ID_MAX + 1];
+	EVP_PKEY *key; /* the intermediate's private key: private parts in the secure heap */
+	STACK_OF(X509) *certs; /* the intermediate first, then its chain up to the root */
+	uint8_t *envelope;     /* the envelope as received (ciphertext), for tests */
+	size_t envelope_len;
+};
+
+/*
+ * Asks the CA named in dir/ca.conf (its certificate pinned) for tenant's key, with the
+ * inspector identity enrolled in dir, and opens the envelope with wrap (the nodes' X25519
+ * private key). The DER plaintext lives in the secure heap and is zeroed at once. 0;
+ * -EACCES when the CA refuses (why holds its message); -EHOSTUNREACH when the CA cannot be
+ * reached within timeout_ms; -EPERM for a pin mismatch; -EBADMSG for a bad answer or an
+ * envelope that does not open or whose key is not the certificate's; -errno otherwise.
+ */
+int inspkey_fetch(const char *dir, const char *identity_source, EVP_PKEY *wrap, const char *tenant,
+                  int timeout_ms, struct inspkey *out, char *why, size_t why_len);
+/* Frees (zeroes) the key and everything else; k may be NULL or empty. */
+void inspkey_clear(struct inspkey *k);
+
+/* inspect_node.c, proxy.c: the inspection node (`mtun-broker inspect`, docs/inspection.md) */
+
+struct inspect_node;
+struct inspect_tenant;
+
+/* What the proxy may do with a tenant's TLS session. */
+enum inspect_mode {
+	INSPECT_DECRYPT = 0, /* a leaf was minted */
+	INSPECT_RELAY,       /* no key held: relay without decryption */
+	INSPECT_REFUSE,      /* no key, the CA unreachable, the tenant chose fail-closed */
+};
+
+/*
+ * A leaf for host from tenant t's intermediate, fetching the key from the CA when none is
+ * held. On INSPECT_DECRYPT, *cert, *key and *chain (intermediates to send; do not free
+ * the stack's contents separately: sk_X509_pop_free) are new references.
+ */
+enum inspect_mode inspect_tenant_leaf(struct inspect_node *n, struct inspect_tenant *t,
+                                      const char *host, X509 **cert, EVP_PKEY **key,
+                                      STACK_OF(X509) **chain);
+const char *inspect_tenant_name(const struct inspect_tenant *t);
+/* Host (lowercase) on t's bypass list: exact, or "*.suffix" for any name below suffix. */
+bool inspect_tenant_bypass(const struct inspect_tenant *t, const char *host);
+/* A block rule matches host and path: "host" or "host/path-prefix" (host as for bypass). */
+bool inspect_tenant_blocked(const struct inspect_tenant *t, const char *host, const char *path);
+/* Upstream certificate failures: true for a 502 page, false to close the connection. */
+bool inspect_tenant_error_page(const struct inspect_tenant *t);
+/* The tenant of a client that reached listener li from addr, or NULL. */
+struct inspect_tenant *inspect_tenant_of(struct inspect_node *n, size_t li,
+                                         const struct sockaddr *addr);
+
+struct proxy_opts {
+	const char *const *listen; /* HOST:PORT each */
+	size_t nlisten;
+	const char *upstream_ca; /* CA file for upstream certificates; NULL: the system store */
+	const uint16_t *ports;   /* CONNECT ports that are inspected; others are relayed */
+	size_t nports;
+	unsigned max_clients;
+	int io_timeout_ms; /* idle time before a connection is closed */
+};
+
+struct proxy;
+/* Binds every listener (so that errors show at start); the node serves with proxy_run. */
+int proxy_new(struct inspect_node *n, const struct proxy_opts *o, struct proxy **out);
+/*
+ * Accepts until *stop is set (checked at least once a second); a thread per connection.
+ * 0, or -EBUSY when connections were still running 5 s later (then do not free p).
+ */
+int proxy_run(struct proxy *p, volatile int *stop);
+void proxy_free(struct proxy *p);
+
+/*
+ * Tests only (with --test-allow-dump, MTUN_TEST=1 and MTUN_TEST_LEAF_KEYS_FD=N): writes
+ * "host hex-scalar" of a leaf key to fd N, so that a test can look for it in a core dump.
+ */
+void inspect_test_leaf_key(const char *host, EVP_PKEY *key);
+
+/* `mtun-broker inspect --config FILE [--wrap-key-fd N] [--test-allow-dump]` */
+int inspect_main(int argc, char **argv);
 
 #endif

@@ -2,6 +2,7 @@
 #include "cli.h"
 #include "enroll.h"
 #include "broker.h"
+#include "inspect.h"
 
 static int cmd_enroll(int argc, char **argv)
 {
@@ -25,6 +26,8 @@ static const struct cli_cmd cmds[] = {
     {"renew", cmd_renew,
      "renew over mTLS when due [--state DIR] [--force] [--watch: keep renewing]"},
     {"run", cmd_run, "--config FILE: serve agents and connectors (docs/broker.md)"},
+    {"inspect", inspect_main,
+     "--config FILE [--wrap-key-fd N]: the TLS inspection node (docs/inspection.md)"},
 };
 
 int main(int argc, char **argv)

@@ -294,6 +294,13 @@ int custody_csr(struct ca_db *db, EVP_PKEY *wrap_pub, const char *tenant, enum c
  */
 int custody_import(struct ca_db *db, const char *tenant, const uint8_t *pem, size_t len, time_t now,
                    char *msg, size_t msg_size, const char **why);
+/*
+ * Revokes tenant's inspection intermediate(s): each certificate's serial goes into the
+ * tenant's CRL (the certificate table; the caller rebuilds and pushes the CRL) and its key
+ * is deleted from the store and from every recorded backup. -ENOENT when there is none.
+ */
+int custody_revoke(struct ca_db *db, const char *tenant, time_t now, char *msg, size_t msg_size,
+                   const char **why);
 /* One line per key (no secrets) of tenant, or of every tenant when NULL; malloc'd. */
 int custody_status(struct ca_db *db, const char *tenant, char **out);
 int custody_tenant_private(struct ca_db *db, const char *tenant, bool private_only);
@@ -317,6 +324,7 @@ int custody_backup(struct ca_db *db, const char *path);
  *   STATUS       [tenant] -> list
  *   TENANT       tenant, role = "private-only" | "shared"
  *   NODE_MARK    tenant + id = the inspector, groups = "public" | "private:TENANT"
+ *   REVOKE       tenant -> message, crl = the tenant's new CRL (DER)
  *   KEY_GET      tenant -> serial = key id, crl = the envelope, chain = certificate + chain
  */
 enum custody_type {
@@ -326,6 +334,7 @@ enum custody_type {
 	CUSTODY_T_STATUS = 27,
 	CUSTODY_T_TENANT = 28,
 	CUSTODY_T_NODE_MARK = 29,
+	CUSTODY_T_REVOKE = 30,
 	CUSTODY_T_KEY_GET = 40,
 };
 /* server.c: answers one custody request (from says which ones it may make). */

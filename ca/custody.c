@@ -1,7 +1,8 @@
 /*
  * Inspection key custody: each tenant's inspection CA key is made here, wrapped at once to
  * the inspection nodes' public key (lib/envelope.h) and handed only to nodes allowed to
- * serve the tenant. Rotation deletes the old key from the store and from its backups.
+ * serve the tenant. Rotation deletes the old key from the store and from its backups and
+ * revokes the old intermediate in the tenant's CRL; revocation revokes and deletes alone.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -321,10 +322,103 @@ static int custody_id_row(void *arg, const struct store_val *c, size_t n)
 	return 0;
 }
 
+/* Inspection certificates of a tenant, read to be revoked. */
+struct custody_certs {
+	char id[64][CUSTODY_KEY_ID_LEN + 1];
+	char serial[64][41];
+	int64_t not_before[64], not_after[64];
+	char *pem[64];
+	size_t n;
+};
+
+static void custody_certs_free(struct custody_certs *c)
+{
+	for (size_t i = 0; i < c->n; i++)
+		free(c->pem[i]);
+	c->n = 0;
+}
+
+static int custody_cert_row(void *arg, const struct store_val *c, size_t n)
+{
+	struct custody_certs *cs = arg;
+	STACK_OF(X509) *all = NULL;
+	struct tm nb, na;
+	size_t i = cs->n;
+	int ret;
+
+	if (n != 2 || c[0].type != STORE_T_TEXT || c[0].len != CUSTODY_KEY_ID_LEN ||
+	    c[1].type != STORE_T_TEXT)
+		return -EINVAL;
+	if (i >= 64)
+		return -E2BIG;
+	ret = pki_pem_read_certs((const uint8_t *)c[1].p, c[1].len, &all);
+	if (ret)
+		return ret;
+	ret = -EINVAL;
+	if (pki_serial_hex(sk_X509_value(all, 0), cs->serial[i]) ||
+	    ASN1_TIME_to_tm(X509_get0_notBefore(sk_X509_value(all, 0)), &nb) != 1 ||
+	    ASN1_TIME_to_tm(X509_get0_notAfter(sk_X509_value(all, 0)), &na) != 1)
+		goto out;
+	ret = -ENOMEM;
+	cs->pem[i] = strndup(c[1].p, c[1].len);
+	if (!cs->pem[i])
+		goto out;
+	memcpy(cs->id[i], c[0].p, CUSTODY_KEY_ID_LEN);
+	cs->id[i][CUSTODY_KEY_ID_LEN] = '\0';
+	cs->not_before[i] = timegm(&nb);
+	cs->not_after[i] = timegm(&na);
+	cs->n++;
+	ret = 0;
+out:
+	sk_X509_pop_free(all, X509_free);
+	return ret;
+}
+
+/*
+ * Records the certificates of tenant's inspection keys other than keep (all when "") as
+ * revoked at now, in the certificate table the tenant's CRL is built from. Inside the
+ * caller's transaction; the certificates found are left in cs.
+ */
+static int custody_revoke_certs(struct ca_db *db, const char *tenant, const char *keep, int64_t now,
+                                struct custody_certs *cs)
+{
+	char detail[128];
+	int ret;
+
+	ret = store_query(ca_db_store(db),
+	                  "SELECT key_id, cert_pem FROM insp_key WHERE tenant = $1 AND key_id <> $2"
+	                  " AND cert_pem IS NOT NULL AND cert_pem <> '' ORDER BY created",
+	                  STORE_ARGS(store_text(tenant), store_text(keep)), custody_cert_row, cs);
+	for (size_t i = 0; !ret && i < cs->n; i++) {
+		ret = store_exec(
+		    ca_db_store(db),
+		    "INSERT OR IGNORE INTO cert (serial, tenant, role, id, user_name,"
+		    " device, groups, not_before, not_after, pem, revoked)"
+		    " VALUES ($1, $2, 'inspection-ca', $3, '', '', '', $4, $5, $6, $7)",
+		    STORE_ARGS(store_text(cs->serial[i]), store_text(tenant), store_text(cs->id[i]),
+		               store_int(cs->not_before[i]), store_int(cs->not_after[i]),
+		               store_text(cs->pem[i]), store_int(now)));
+		if (ret < 0)
+			break;
+		ret = store_exec(
+		    ca_db_store(db),
+		    "UPDATE cert SET revoked = $1 WHERE serial = $2 AND tenant = $3"
+		    " AND revoked = 0",
+		    STORE_ARGS(store_int(now), store_text(cs->serial[i]), store_text(tenant)));
+		if (ret < 0)
+			break;
+		ret = 0;
+		snprintf(detail, sizeof(detail), "key=%s serial=%s", cs->id[i], cs->serial[i]);
+		ca_db_audit(db, "inspection.revoke", tenant, detail);
+	}
+	return ret < 0 ? ret : 0;
+}
+
 int custody_import(struct ca_db *db, const char *tenant, const uint8_t *pem, size_t len, time_t now,
                    char *msg, size_t msg_size, const char **why)
 {
 	struct custody_pending p = {0};
+	struct custody_certs revoked = {0};
 	struct custody_ids old = {0};
 	STACK_OF(X509) *all = NULL;
 	char *cert_pem = NULL, *chain_pem = NULL;
@@ -383,6 +477,8 @@ int custody_import(struct ca_db *db, const char *tenant, const uint8_t *pem, siz
 	ret = store_query(
 	    ca_db_store(db), "SELECT key_id FROM insp_key WHERE tenant = $1 AND key_id <> $2",
 	    STORE_ARGS(store_text(tenant), store_text(p.key_id)), custody_id_row, &old);
+	if (!ret)
+		ret = custody_revoke_certs(db, tenant, p.key_id, now, &revoked);
 	if (ret)
 		goto rollback;
 	ret = store_exec(ca_db_store(db),
@@ -418,8 +514,11 @@ int custody_import(struct ca_db *db, const char *tenant, const uint8_t *pem, siz
 	}
 	if (old.n)
 		snprintf(msg, msg_size,
-		         "key %s active; old key %s%s deleted from the store and from %d backup(s)",
-		         p.key_id, old.id[0], old.n > 1 ? " (and others)" : "", total);
+		         "key %s active; old key %s%s deleted from the store and from %d "
+		         "backup(s)%s%s%s",
+		         p.key_id, old.id[0], old.n > 1 ? " (and others)" : "", total,
+		         revoked.n ? "; old intermediate " : "", revoked.n ? revoked.serial[0] : "",
+		         revoked.n ? " revoked (the tenant's CRL lists it)" : "");
 	else
 		snprintf(msg, msg_size, "key %s active", p.key_id);
 	log_info("inspection: %s: %s", tenant, msg);
@@ -427,11 +526,66 @@ int custody_import(struct ca_db *db, const char *tenant, const uint8_t *pem, siz
 rollback:
 	ca_db_rollback(db);
 out:
+	custody_certs_free(&revoked);
 	free(p.pub);
 	free(old.id);
 	free(cert_pem);
 	free(chain_pem);
 	sk_X509_pop_free(all, X509_free);
+	return ret;
+}
+
+int custody_revoke(struct ca_db *db, const char *tenant, time_t now, char *msg, size_t msg_size,
+                   const char **why)
+{
+	struct custody_certs cs = {0};
+	int ret, total = 0;
+	size_t i;
+
+	*why = "";
+	msg[0] = '\0';
+	if (!ident_valid_tenant(tenant))
+		return -EINVAL;
+	ret = ca_db_begin(db);
+	if (ret)
+		return ret;
+	ret = custody_revoke_certs(db, tenant, "", now, &cs);
+	if (!ret && cs.n == 0) {
+		*why = "the tenant has no inspection intermediate to revoke";
+		ret = -ENOENT;
+	}
+	/* a revoked intermediate's key is of no more use: deleted as rotation deletes */
+	for (i = 0; !ret && i < cs.n; i++) {
+		ret = store_exec(ca_db_store(db), "DELETE FROM insp_key WHERE key_id = $1",
+		                 STORE_ARGS(store_text(cs.id[i])));
+		ret = ret < 0 ? ret : 0;
+		if (!ret)
+			ca_db_audit(db, "inspection.delete", tenant, cs.id[i]);
+	}
+	if (ret) {
+		ca_db_rollback(db);
+		goto out;
+	}
+	ret = ca_db_commit(db);
+	if (ret)
+		goto out;
+	if (custody_checkpoint(ca_db_store(db), "the CA's store")) {
+		*why = "revoked, but the key may linger in the store's write-ahead log";
+		ret = -EBUSY;
+		goto out;
+	}
+	ret = custody_purge_backups(db, &total);
+	if (ret) {
+		*why = "revoked and deleted from the store, but a backup could not be rewritten";
+		goto out;
+	}
+	snprintf(msg, msg_size,
+	         "intermediate %s (key %s)%s revoked; the tenant's CRL lists it; key deleted "
+	         "from the store and from %d backup(s)",
+	         cs.serial[0], cs.id[0], cs.n > 1 ? " and others" : "", total);
+	log_info("inspection: %s: %s", tenant, msg);
+out:
+	custody_certs_free(&cs);
 	return ret;
 }
 

@@ -700,6 +700,40 @@ static int ca_custody_csr(struct ca_server *s, const struct enroll_msg *m, bool 
 	return ret;
 }
 
+/*
+ * After an inspection intermediate is revoked (revoke, or an import that rotated): the
+ * tenant's CRL rebuilt and pushed, and returned in resp when given. Nothing when the tenant
+ * has no CA here to sign one.
+ */
+static int ca_custody_crl(struct ca_server *s, const char *tenant, struct enroll_buf *resp)
+{
+	const struct ca_tenant *t = ca_server_tenant(s, tenant);
+	uint8_t *der = NULL;
+	size_t len;
+	int ret;
+
+	if (!t) {
+		log_event(LOG_LVL_WARN, "inspection.crl_none", "tenant=%s", tenant);
+		return 0;
+	}
+	ret = ca_db_begin(s->db);
+	if (!ret)
+		ret = ca_crl_rebuild(s->db, t, s->signer, &der, &len);
+	if (!ret)
+		ret = ca_db_commit(s->db);
+	if (ret) {
+		ca_db_rollback(s->db);
+		log_event(LOG_LVL_WARN, "inspection.crl_fail", "tenant=%s", tenant);
+		OPENSSL_free(der);
+		return ret;
+	}
+	ca_push_crl(s, tenant, der, len);
+	if (resp)
+		ret = enroll_buf_put(resp, ET_CRL, der, len);
+	OPENSSL_free(der);
+	return ret;
+}
+
 int ca_handle_custody(struct ca_server *s, enum ca_origin from, const struct enroll_msg *m,
                       X509 *peer, struct enroll_buf *resp)
 {
@@ -729,8 +763,25 @@ int ca_handle_custody(struct ca_server *s, enum ca_origin from, const struct enr
 			return ca_refuse(s, resp, "inspection.import_fail", tenant,
 			                 why[0] ? why : "cannot import the certificate");
 		log_event(LOG_LVL_INFO, "inspection.import", "tenant=%s %s", tenant, msg);
+		if (strstr(msg, "revoked"))
+			ca_custody_crl(s, tenant, NULL);
 		ret = ca_ok(resp);
 		return ret ? ret : enroll_buf_put_str(resp, ET_MESSAGE, msg);
+	case CUSTODY_T_REVOKE:
+		if (enroll_msg_str(m, ET_TENANT, tenant, sizeof(tenant)) != 0)
+			return ca_refuse(s, resp, "inspection.revoke_fail", "",
+			                 "revoke needs a tenant");
+		ret = custody_revoke(s->db, tenant, time(NULL), msg, sizeof(msg), &why);
+		if (ret && ret != -EBUSY)
+			return ca_refuse(s, resp, "inspection.revoke_fail", tenant,
+			                 why[0] ? why : "cannot revoke");
+		/* -EBUSY: revoked, but not yet scrubbed everywhere; the CRL goes out regardless */
+		log_event(ret ? LOG_LVL_WARN : LOG_LVL_INFO, "inspection.revoke", "tenant=%s %s",
+		          tenant, ret ? why : msg);
+		ret = ca_ok(resp);
+		if (!ret)
+			ret = enroll_buf_put_str(resp, ET_MESSAGE, msg[0] ? msg : why);
+		return ret ? ret : ca_custody_crl(s, tenant, resp);
 	case CUSTODY_T_STATUS:
 		enroll_msg_str(m, ET_TENANT, tenant, sizeof(tenant));
 		ret = custody_status(s->db, tenant[0] ? tenant : NULL, &list);
@@ -802,6 +853,7 @@ int ca_handle(struct ca_server *s, enum ca_origin from, const uint8_t *req, size
 		case CUSTODY_T_STATUS:
 		case CUSTODY_T_TENANT:
 		case CUSTODY_T_NODE_MARK:
+		case CUSTODY_T_REVOKE:
 			return ca_handle_custody(s, from, &m, peer, resp);
 		default:
 			return ca_refuse(s, resp, "request.fail", "", "not an admin request type");

@@ -1,9 +1,11 @@
 /*
  * Tests for broker/mint.c: leaves chain to a root through the intermediate (RSA-2048 and
- * P-256), names and addresses in the SAN, the LRU cache, fresh leaf keys, key drop.
+ * P-256), names and addresses in the SAN, the template's DER equal to the certificate
+ * object's own encoding, the LRU cache, fresh leaf keys, key drop.
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <string.h>
 #include <time.h>
 
 #include <openssl/rsa.h>
@@ -304,6 +306,56 @@ static void long_name_has_no_cn_and_critical_san(void)
 	mint_free(m);
 }
 
+/* The DER a leaf is served as (the template's) is what its fields encode to, signed. */
+static void check_der(const struct ca *inter, const char *host)
+{
+	struct mint *m = mint_for(inter, 4, 1);
+	unsigned char *a = NULL, *b = NULL, *tbs = NULL;
+	const unsigned char *p;
+	EVP_PKEY *key = NULL;
+	X509 *leaf = NULL, *copy = NULL;
+	int alen, blen;
+
+	T_REQUIRE(m);
+	T_REQUIRE(mint_pool_fill(m) == 0);
+	T_REQUIRE(mint_leaf(m, host, &leaf, &key) == 0);
+	alen = i2d_X509(leaf, &a);
+	T_REQUIRE(alen > 0);
+	p = a;
+	copy = d2i_X509(NULL, &p, alen);
+	T_REQUIRE(copy && p == a + alen);
+	T_CHECK(X509_verify(copy, inter->key) == 1);
+	T_EQ(X509_NAME_cmp(X509_get_subject_name(copy), X509_get_subject_name(leaf)), 0);
+	T_EQ(ASN1_TIME_compare(X509_get0_notAfter(copy), X509_get0_notAfter(leaf)), 0);
+	T_CHECK(X509_check_host(copy, host, 0, 0, NULL) == 1 ||
+	        X509_check_ip_asc(copy, host, 0) == 1);
+	/* re-encoded from the object's fields, the certificate is byte for byte the same */
+	T_REQUIRE(i2d_re_X509_tbs(leaf, &tbs) > 0);
+	blen = i2d_X509(leaf, &b);
+	T_EQ(blen, alen);
+	T_CHECK(blen == alen && memcmp(a, b, (size_t)alen) == 0);
+	OPENSSL_free(a);
+	OPENSSL_free(b);
+	OPENSSL_free(tbs);
+	X509_free(copy);
+	X509_free(leaf);
+	EVP_PKEY_free(key);
+	mint_free(m);
+}
+
+static void served_der_is_the_objects_encoding(void)
+{
+	static const char *const hosts[] = {
+	    "www.example.com", "192.0.2.7", "2001:db8::1",
+	    "a-very-long-label-that-goes-on-and-on.another-long-label-for-length.example.org"};
+	size_t i;
+
+	for (i = 0; i < sizeof(hosts) / sizeof(hosts[0]); i++) {
+		check_der(&inter_ec, hosts[i]);
+		check_der(&inter_rsa, hosts[i]);
+	}
+}
+
 static void cache_hit_and_lru_eviction(void)
 {
 	struct mint *m = mint_for(&inter_ec, 3, 0);
@@ -500,6 +552,7 @@ int main(void)
 	T_RUN(ip_literals_get_ipaddress_san);
 	T_RUN(bad_hosts_refused);
 	T_RUN(long_name_has_no_cn_and_critical_san);
+	T_RUN(served_der_is_the_objects_encoding);
 	T_RUN(cache_hit_and_lru_eviction);
 	T_RUN(pool_feeds_mints);
 	T_RUN(drop_key_stops_minting);

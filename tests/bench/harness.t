@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tools/bench in a tiny configuration (one round, one second per figure), so the harness
-# cannot rot: every mode and metric gets a figure or an explicit skip, and nothing it
+# cannot rot: every mode and metric gets a figure or an explicit skip (the proxy modes
+# included: squid, mitmproxy, inspect, with direct as their baseline), and nothing it
 # started outlives it, also when it is terminated. Asserts no speed.
 set -uo pipefail
 
@@ -76,7 +77,7 @@ wait "$watcher"
 ok $rc "tools/bench --rounds 1 --seconds 1 exits 0" "$(tail -n 20 "$tmp/err")"
 
 missing=""
-for m in direct mtun mtun-forward ssh stunnel wireguard crypto codec tls ca inspect; do
+for m in direct mtun mtun-forward ssh stunnel wireguard squid mitmproxy inspect crypto codec tls ca mint; do
 	grep -qE "^$m( |$)" "$tmp/out" || missing+=" $m"
 done
 ok "$([ -z "$missing" ] && echo 0 || echo 1)" "the table has a row for every mode" \
@@ -98,9 +99,14 @@ for m in ("ssh", "stunnel", "wireguard"):
 # A running mtun-forward is measured like a peer (its processes' CPU included).
 if any(not r.get("skipped") and r["metric"] == "tput1_gbps" for r in recs if r["mode"] == "mtun-forward"):
     want["mtun-forward"] = net + ["cpu_s_per_gb"]
-for m in ("codec", "tls", "ca", "inspect"):
+for m in ("codec", "tls", "ca", "mint"):
     want[m] = [None]
-want["crypto"] = ["aes128gcm_16k_MBps", "ecdsap256_sign_per_s"]
+want["crypto"] = ["aes128gcm_16k_MBps", "ecdsap256_sign_per_s", "rsa2048_sign_per_s"]
+# HTTPS through explicit proxies, and straight to the origin as their baseline
+https = ["https_first_sps", "https_repeat_sps", "https_dl_gbps"]
+want["direct"] = net + https
+for m in ("squid", "mitmproxy", "inspect"):
+    want[m] = https
 for mode, metrics in want.items():
     for metric in metrics:
         rs = [r for r in recs if r["mode"] == mode] if metric is None else find(mode, metric)
@@ -114,6 +120,9 @@ for mode, metrics in want.items():
             elif not isinstance(r.get("median"), (int, float)) or r["median"] <= 0:
                 bad.append("no positive median: %s %s" % (mode, r["metric"]))
             elif mode in ("ssh", "stunnel", "wireguard", "mtun-forward") and metric in net and \
+                    not isinstance(r["ratios"].get("direct"), (int, float)):
+                bad.append("no ratio to direct: %s %s" % (mode, r["metric"]))
+            elif mode in ("squid", "mitmproxy", "inspect") and \
                     not isinstance(r["ratios"].get("direct"), (int, float)):
                 bad.append("no ratio to direct: %s %s" % (mode, r["metric"]))
 for m in ("mtun", "mtun-forward"):

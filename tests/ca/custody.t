@@ -2,8 +2,9 @@
 # Inspection key custody end to end on loopback: mtun-ca refuses a private wrapping key;
 # csr -> signed by the tenant's (test) root -> import -> active; inspection nodes ask over
 # mTLS and unwrap; a public node is refused a private-only tenant's key (audited); backups,
-# then rotation deletes the old key from the store and every backup (byte scans); no file
-# mtun-ca wrote holds an unencrypted private key. Prints TAP.
+# then rotation deletes the old key from the store and every backup (byte scans) and puts
+# the old intermediate's serial into the tenant's CRL; revocation lists the new one there
+# too and deletes its key; no file mtun-ca wrote holds an unencrypted private key. TAP.
 #
 # Environment: MTUN_BUILD (default: build) names the build directory.
 set -uo pipefail
@@ -14,7 +15,7 @@ case "$build" in /*) ;; *) build=$top/$build ;; esac
 ca=$build/ca/mtun-ca
 ctl=$build/tools/mtunctl
 broker=$build/broker/mtun-broker
-ik=$build/ca/mtun-ca-inspkey
+ik=$build/broker/mtun-ca-inspkey
 scan=$top/tests/ca/keyscan.py
 
 n=0
@@ -220,10 +221,12 @@ check "the old key still serves until the new certificate is in" inspkey --state
 grep -q "key=$old_key" "$T/out" && ok "... it is the old key" || not_ok "... it is the old key"
 sign "$T/acme2.csr" "$T/acme2.pem"
 check "import the rotated certificate" "$ctl" inspection import --tenant acme "$T/acme2.pem" "$T/root/root.pem"
+cp "$T/out" "$T/import.out"
 grep -q "old key $old_key deleted from the store and from 2 backup(s)" "$T/out" &&
 	ok "import says the old key is deleted from the store and 2 backups" ||
 	{ not_ok "import says what it deleted"; sed 's/^/# /' "$T/out"; }
-check "the node now gets the new key" inspkey --state "$T/edge-1" --tenant acme
+check "the node now gets the new key" inspkey --state "$T/edge-1" --tenant acme \
+	--save-envelope "$T/new.env"
 grep -q "granted key=$new_key .*leaf_verifies=yes" "$T/out" && [ "$new_key" != "$old_key" ] &&
 	ok "... the new intermediate ($new_key): a leaf it signs verifies up to the root" ||
 	not_ok "... the new intermediate ($new_key)"
@@ -239,6 +242,44 @@ print(n)' "$old_key" "$T/ca/ca.db" "$T"/backups/*.db)
 [ "$left" = 0 ] && ok "no row of the old key in the store or any backup" || not_ok "old key rows left: $left"
 absent "the old wrapped key's bytes are gone from every file (scan)" "@$T/old.env" "$T/ca" "$T/backups"
 absent "the old private key's bytes are in no file (scan)" "$old_secret" "$T/ca" "$T/backups"
+
+# Revocation, through the tenant's CRL: rotation revoked the old intermediate, and
+# `inspection revoke` revokes the current one and deletes its key.
+serial_of() { openssl x509 -in "$1" -noout -serial | sed 's/^serial=//'; }
+crl_lists() { # crl_lists SERIAL: the tenant's current CRL (openssl crl -text) lists it
+	"$ctl" crl --tenant acme --out "$T/acme.crl" >"$T/out" 2>&1 &&
+		openssl crl -in "$T/acme.crl" -noout -text >"$T/crl.txt" 2>&1 &&
+		grep -q "Serial Number: $1\$" "$T/crl.txt"
+}
+old_serial=$(serial_of "$T/acme.pem")
+new_serial=$(serial_of "$T/acme2.pem")
+grep -q "old intermediate $(tr 'A-F' 'a-f' <<<"$old_serial") revoked" "$T/import.out" &&
+	ok "the rotating import says the old intermediate is revoked" ||
+	{ not_ok "the rotating import says the old intermediate is revoked"; sed 's/^/# /' "$T/import.out"; }
+crl_lists "$old_serial" && ok "after rotation the tenant's CRL lists the old intermediate ($old_serial)" ||
+	{ not_ok "after rotation the CRL lists the old intermediate ($old_serial)"; sed 's/^/# /' "$T/crl.txt"; }
+crl_lists "$new_serial" && not_ok "the CRL does not list the new intermediate yet" ||
+	ok "the CRL does not list the new intermediate yet"
+check "inspection revoke (acme)" "$ctl" inspection revoke --tenant acme
+grep -q "intermediate $(tr 'A-F' 'a-f' <<<"$new_serial") (key $new_key) revoked" "$T/out" &&
+	ok "revoke names the intermediate and its key" || { not_ok "revoke names the intermediate"; sed 's/^/# /' "$T/out"; }
+crl_lists "$new_serial" && crl_lists "$old_serial" &&
+	ok "after revoke the tenant's CRL lists both intermediates (openssl crl -text)" ||
+	{ not_ok "after revoke the CRL lists both intermediates"; sed 's/^/# /' "$T/crl.txt"; }
+openssl crl -in "$T/acme.crl" -noout -text 2>/dev/null | grep -q "Issuer: .*acme" &&
+	ok "the CRL is the tenant's (issuer names acme)" || not_ok "the CRL is the tenant's"
+grep -q "event=inspection.revoke tenant=acme" "$T/ca.log" && ok "the revocation is logged" ||
+	not_ok "the revocation is logged"
+revoked_audit=$(python3 -c '
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+print(db.execute("SELECT count(*) FROM audit WHERE event = ? AND tenant = ?", ("inspection.revoke", "acme")).fetchone()[0])' "$T/ca/ca.db")
+[ "$revoked_audit" = 2 ] && ok "both revocations are audit rows" || not_ok "revocation audit rows: $revoked_audit"
+refused "a node gets no key for acme after revoke" "no active" \
+	inspkey --state "$T/edge-1" --tenant acme
+refused "revoking again finds nothing to revoke" "no inspection intermediate to revoke" \
+	"$ctl" inspection revoke --tenant acme
+absent "the revoked key's wrapped bytes are gone from every file (scan)" "@$T/new.env" "$T/ca" "$T/backups"
 check "no file mtun-ca wrote holds an unencrypted private key" python3 "$scan" "$T/ca" "$T/backups"
 grep -q "Sanitizer\|runtime error:" "$T/ca.log" && not_ok "mtun-ca ran sanitizer-clean" ||
 	ok "mtun-ca ran sanitizer-clean"

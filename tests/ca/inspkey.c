@@ -1,8 +1,8 @@
 /*
  * Test tool: an inspection node asking mtun-ca for a tenant's inspection key over mTLS
- * (with an enrolled inspector identity), then opening the envelope with the nodes'
- * wrapping key (fd or $MTUN_WRAP_KEY). Prints the outcome; for the backup scan, optionally
- * saves the envelope and prints the private scalar it held (tests only).
+ * (with an enrolled inspector identity) through inspkey_fetch, which also opens the envelope
+ * with the nodes' wrapping key (fd or $MTUN_WRAP_KEY). Prints the outcome; for the backup scan,
+ * optionally saves the envelope and prints the private scalar it held (tests only).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -22,49 +22,10 @@
 #include "ca/ca.h"
 #include "enroll.h"
 #include "envelope.h"
+#include "inspect.h"
 #include "log.h"
 
-static int ik_read_conf(const char *dir, char *addr, size_t asz, char *pin, size_t psz)
-{
-	char path[4096], line[512];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/%s", dir, ENROLL_CA_FILE);
-	f = fopen(path, "r");
-	if (!f)
-		return -errno;
-	while (fgets(line, sizeof(line), f)) {
-		line[strcspn(line, "\n")] = '\0';
-		if (strncmp(line, "ca=", 3) == 0 && strlen(line + 3) < asz)
-			memcpy(addr, line + 3, strlen(line + 3) + 1);
-		else if (strncmp(line, "pin=", 4) == 0 && strlen(line + 4) < psz)
-			memcpy(pin, line + 4, strlen(line + 4) + 1);
-	}
-	fclose(f);
-	return addr[0] && pin[0] ? 0 : -EINVAL;
-}
-
-static int ik_connect(const char *hostport)
-{
-	char host[256], *port;
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-	int fd;
-
-	snprintf(host, sizeof(host), "%s", hostport);
-	port = strrchr(host, ':');
-	if (!port)
-		return -EINVAL;
-	*port++ = '\0';
-	if (getaddrinfo(host, port, &hints, &res) != 0)
-		return -EHOSTUNREACH;
-	fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) < 0) {
-		close(fd);
-		fd = -errno;
-	}
-	freeaddrinfo(res);
-	return fd;
-}
+_Static_assert(INSPKEY_T_KEY_GET == CUSTODY_T_KEY_GET, "key request type");
 
 /* Signs a throwaway leaf with the unwrapped key and verifies it up to the root sent last. */
 static int ik_leaf_verifies(EVP_PKEY *ikey, STACK_OF(X509) *certs)
@@ -120,21 +81,15 @@ int main(int argc, char **argv)
 	    {NULL, 0, NULL, 0},
 	};
 	const char *dir = NULL, *src = NULL, *tenant = NULL, *save = NULL;
-	char addr[300] = "", pin[100] = "", got[8 + 64 + 1], msg[513] = "", key_id[65] = "";
-	struct enroll_identity id = {0};
-	struct enroll_buf b = {0};
-	struct enroll_msg m;
-	struct envelope_ad ad = {NULL, key_id, CUSTODY_PURPOSE};
-	EVP_PKEY *wrap = NULL, *ikey = NULL;
-	STACK_OF(X509) *certs = NULL;
-	SSL_CTX *ctx = NULL;
-	SSL *ssl = NULL;
-	uint8_t *resp = NULL, *pt = NULL, md[32];
-	size_t pt_len = 0;
+	char why[600] = "";
+	struct inspkey k = {0};
+	EVP_PKEY *wrap = NULL;
+	uint8_t *der = NULL, md[32];
+	int der_len, wfd = -1, opt, ret = 1, err;
 	unsigned int mdlen;
-	int fd = -1, wfd = -1, opt, ret = 1;
 	bool secret = false;
 
+	_Static_assert(sizeof(CUSTODY_PURPOSE) == sizeof(INSPKEY_PURPOSE), "key purpose");
 	log_init("inspkey", LOG_LVL_WARN);
 	CRYPTO_secure_malloc_init(1 << 16, 16);
 	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -165,80 +120,50 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: %s --state DIR --tenant T [--wrap-key-fd N]\n", argv[0]);
 		return 2;
 	}
-	ad.tenant = tenant;
-	if (envelope_priv_read(wfd, &wrap) || enroll_load(dir, src, &id) ||
-	    ik_read_conf(dir, addr, sizeof(addr), pin, sizeof(pin)))
+	if (envelope_priv_read(wfd, &wrap))
 		goto out;
-	ctx = SSL_CTX_new(TLS_client_method());
-	if (!ctx)
-		goto out;
-	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
-	if (SSL_CTX_use_certificate(ctx, id.cert) != 1 || SSL_CTX_use_PrivateKey(ctx, id.key) != 1)
-		goto out;
-	for (int i = 0; i < sk_X509_num(id.chain); i++)
-		SSL_CTX_add1_chain_cert(ctx, sk_X509_value(id.chain, i));
-	fd = ik_connect(addr);
-	if (fd < 0 || !(ssl = SSL_new(ctx)) || !SSL_set_fd(ssl, fd) || SSL_connect(ssl) != 1) {
-		fprintf(stderr, "cannot reach the CA at %s\n", addr);
-		goto out;
-	}
-	/* the CA is pinned: nothing is sent before its certificate matches */
-	if (enroll_pin_of(SSL_get0_peer_certificate(ssl), got) || strcmp(got, pin) != 0) {
-		fprintf(stderr, "the CA's certificate does not match the pin\n");
-		goto out;
-	}
-	if (enroll_buf_init(&b, (enum enroll_type)CUSTODY_T_KEY_GET) ||
-	    enroll_buf_put_str(&b, ET_TENANT, tenant) || enroll_ssl_send(ssl, &b) ||
-	    enroll_ssl_recv(ssl, ENROLL_MSG_MAX, &resp, NULL, &m) || m.type != ENROLL_T_RESPONSE ||
-	    !enroll_msg_has(&m, ET_STATUS)) {
-		fprintf(stderr, "no valid answer\n");
-		goto out;
-	}
-	if (m.v[ET_STATUS].p[1] != 0) {
-		enroll_msg_str(&m, ET_MESSAGE, msg, sizeof(msg));
-		printf("refused: %s\n", msg);
+	err = inspkey_fetch(dir, src, wrap, tenant, 5000, &k, why, sizeof(why));
+	if (err == -EACCES) {
+		printf("refused: %s\n", why);
 		ret = 3;
 		goto out;
 	}
-	if (enroll_msg_str(&m, ET_SERIAL, key_id, sizeof(key_id)) || !enroll_msg_has(&m, ET_CRL) ||
-	    !enroll_msg_has(&m, ET_CHAIN) ||
-	    pki_pem_read_certs(m.v[ET_CHAIN].p, m.v[ET_CHAIN].len, &certs)) {
-		fprintf(stderr, "answer lacks key id, envelope or certificate\n");
+	if (err == -EBADMSG && strstr(why, "does not open")) {
+		printf("unwrap failed\n");
+		goto out;
+	}
+	if (err) {
+		fprintf(stderr, "%s (%s)\n", why, strerror(-err));
 		goto out;
 	}
 	if (save) {
 		FILE *f = fopen(save, "wb");
 
-		if (!f || fwrite(m.v[ET_CRL].p, 1, m.v[ET_CRL].len, f) != m.v[ET_CRL].len) {
+		if (!f || fwrite(k.envelope, 1, k.envelope_len, f) != k.envelope_len) {
 			if (f)
 				fclose(f);
 			goto out;
 		}
 		fclose(f);
 	}
-	if (envelope_unwrap(wrap, &ad, m.v[ET_CRL].p, m.v[ET_CRL].len, &pt, &pt_len)) {
-		printf("unwrap failed\n");
+	der_len = i2d_PrivateKey(k.key, NULL);
+	if (der_len <= 0 || !(der = OPENSSL_secure_malloc((size_t)der_len)))
 		goto out;
-	}
 	{
-		const unsigned char *p = pt;
+		unsigned char *p = der;
 
-		ikey = d2i_AutoPrivateKey(NULL, &p, (long)pt_len);
+		i2d_PrivateKey(k.key, &p);
 	}
-	if (!ikey || X509_check_private_key(sk_X509_value(certs, 0), ikey) != 1) {
-		printf("the unwrapped key is not the certificate's\n");
-		goto out;
-	}
-	EVP_Digest(pt, pt_len, md, &mdlen, EVP_sha256(), NULL);
-	printf("granted key=%s certs=%d leaf_verifies=%s der_sha256=", key_id, sk_X509_num(certs),
-	       ik_leaf_verifies(ikey, certs) ? "yes" : "no");
+	EVP_Digest(der, (size_t)der_len, md, &mdlen, EVP_sha256(), NULL);
+	printf("granted key=%s certs=%d leaf_verifies=%s der_sha256=", k.key_id,
+	       sk_X509_num(k.certs), ik_leaf_verifies(k.key, k.certs) ? "yes" : "no");
 	ik_hex(md, 32);
 	printf("\n");
 	if (secret) {
 		BIGNUM *d = NULL;
 		uint8_t raw[32];
 
-		if (EVP_PKEY_get_bn_param(ikey, OSSL_PKEY_PARAM_PRIV_KEY, &d) == 1 &&
+		if (EVP_PKEY_get_bn_param(k.key, OSSL_PKEY_PARAM_PRIV_KEY, &d) == 1 &&
 		    BN_bn2binpad(d, raw, 32) == 32) {
 			printf("secret_hex=");
 			ik_hex(raw, 32);
@@ -250,19 +175,9 @@ int main(int argc, char **argv)
 	ret = 0;
 out:
 	ERR_print_errors_fp(stderr);
-	envelope_plain_free(pt, pt_len);
-	EVP_PKEY_free(ikey);
+	if (der)
+		OPENSSL_secure_clear_free(der, (size_t)der_len);
+	inspkey_clear(&k);
 	EVP_PKEY_free(wrap);
-	sk_X509_pop_free(certs, X509_free);
-	free(resp);
-	enroll_buf_free(&b);
-	if (ssl) {
-		SSL_shutdown(ssl);
-		SSL_free(ssl);
-	}
-	SSL_CTX_free(ctx);
-	if (fd >= 0)
-		close(fd);
-	enroll_identity_free(&id);
 	return ret;
 }

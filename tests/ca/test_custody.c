@@ -1,7 +1,7 @@
 /*
  * Inspection key custody: the envelope (round trip, wrong key, tampering, associated data,
  * a CA given a private wrapping key), and the CA's custody in a real store: CSR, import
- * checks, hand-out policy and its audit, backups and rotation.
+ * checks, hand-out policy and its audit, backups and rotation, revocation of intermediates.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -431,6 +431,52 @@ static void test_missed_backup_healed(void)
 	custody_key_free(&old);
 }
 
+/* Rotation revoked every older intermediate; revoke takes the current one too, and its key. */
+static void test_revoke_lists_serials(void)
+{
+	struct ident node = {.tenant = "ops", .role = MT_ROLE_INSPECTOR, .id = "edge-1"};
+	struct custody_key k = {0};
+	STACK_OF(X509) *certs = NULL;
+	char serial[41], msg[256], **serials = NULL;
+	const char *why = "";
+	time_t *when = NULL;
+	size_t n = 0, i;
+	bool listed = false;
+	int64_t rows = -1;
+
+	T_REQUIRE(custody_handout(db, &node, "acme", &k, &why) == 0);
+	T_REQUIRE(pki_pem_read_certs((uint8_t *)k.cert_pem, strlen(k.cert_pem), &certs) == 0);
+	T_REQUIRE(pki_serial_hex(sk_X509_value(certs, 0), serial) == 0);
+	/* three rotations before: three older intermediates, the current one not yet */
+	T_REQUIRE(ca_db_revoked_list(db, "acme", &serials, &when, &n) == 0);
+	T_EQ(n, 3);
+	for (i = 0; i < n; i++)
+		listed |= strcmp(serials[i], serial) == 0;
+	T_CHECK(!listed);
+	ca_db_strv_free(serials, n);
+	free(when);
+
+	T_REQUIRE(custody_revoke(db, "acme", time(NULL), msg, sizeof(msg), &why) == 0);
+	T_CHECK(strstr(msg, serial) && strstr(msg, k.key_id));
+	T_REQUIRE(ca_db_revoked_list(db, "acme", &serials, &when, &n) == 0);
+	T_EQ(n, 4);
+	for (i = 0, listed = false; i < n; i++)
+		listed |= strcmp(serials[i], serial) == 0 && when[i] > 0;
+	T_CHECK(listed);
+	ca_db_strv_free(serials, n);
+	free(when);
+	T_REQUIRE(count_rows("SELECT count(*) FROM insp_key WHERE tenant = $1", "acme", &rows) ==
+	          0);
+	T_EQ(rows, 0);
+	custody_key_free(&k);
+	T_EQ(custody_handout(db, &node, "acme", &k, &why), -ENOENT);
+	T_EQ(custody_revoke(db, "acme", time(NULL), msg, sizeof(msg), &why), -ENOENT);
+	T_CHECK(strstr(why, "no inspection intermediate") != NULL);
+	T_EQ(custody_revoke(db, "bad tenant!", time(NULL), msg, sizeof(msg), &why), -EINVAL);
+	sk_X509_pop_free(certs, X509_free);
+	custody_key_free(&k);
+}
+
 static int setup(void)
 {
 	X509_NAME *name;
@@ -478,6 +524,7 @@ int main(void)
 	T_RUN(test_handout_policy);
 	T_RUN(test_rotate_purges_backups);
 	T_RUN(test_missed_backup_healed);
+	T_RUN(test_revoke_lists_serials);
 	ca_db_close(db);
 	EVP_PKEY_free(node_key);
 	EVP_PKEY_free(other_key);
