@@ -331,7 +331,7 @@ out:
 
 /*
  * mtunctl inspection csr|rotate --tenant T [--key p256|rsa2048] [--expires YYYY-MM-DD]
- *                   import --tenant T CERT [CHAIN] | status [--tenant T]
+ *                   import --tenant T CERT [CHAIN] | status [--tenant T] | revoke --tenant T
  *                   tenant --tenant T private-only|shared | mark TENANT/ID public|private:T
  */
 static int cmd_inspection(int argc, char **argv)
@@ -355,7 +355,8 @@ static int cmd_inspection(int argc, char **argv)
 	int c, ret = -EINVAL, type;
 
 	if (argc < 2) {
-		log_warnx("usage: mtunctl inspection csr|rotate|import|status|tenant|mark ...");
+		log_warnx("usage: mtunctl inspection csr|rotate|import|status|revoke|tenant|mark"
+		          " ...");
 		return -EINVAL;
 	}
 	sub = argv[1];
@@ -396,6 +397,8 @@ static int cmd_inspection(int argc, char **argv)
 		type = CUSTODY_T_TENANT;
 	else if (strcmp(sub, "mark") == 0)
 		type = CUSTODY_T_NODE_MARK;
+	else if (strcmp(sub, "revoke") == 0)
+		type = CUSTODY_T_REVOKE;
 	else {
 		log_warnx("unknown inspection command '%s'", sub);
 		return -EINVAL;
@@ -407,7 +410,8 @@ static int cmd_inspection(int argc, char **argv)
 	if ((type == CUSTODY_T_IMPORT && (argc < 1 || argc > 2)) ||
 	    ((type == CUSTODY_T_TENANT) && argc != 1) ||
 	    (type == CUSTODY_T_NODE_MARK && argc != 2) ||
-	    ((type == CUSTODY_T_CSR || type == CUSTODY_T_ROTATE || type == CUSTODY_T_STATUS) &&
+	    ((type == CUSTODY_T_CSR || type == CUSTODY_T_ROTATE || type == CUSTODY_T_STATUS ||
+	      type == CUSTODY_T_REVOKE) &&
 	     argc != 0)) {
 		log_warnx("wrong arguments for inspection %s (try mtunctl help)", sub);
 		return -EINVAL;
@@ -471,6 +475,7 @@ out:
 }
 
 static int cmd_help(int argc, char **argv);
+int ctl_admin_main(int argc, char **argv);
 
 static const struct {
 	const char *name;
@@ -483,8 +488,30 @@ static const struct {
     {"crl", cmd_crl, "--tenant T [--out FILE] [--der]: the tenant's current CRL"},
     {"inspection", cmd_inspection,
      "csr|rotate --tenant T [--key p256|rsa2048] [--expires YYYY-MM-DD] | import --tenant T"
-     " CERT [CHAIN] | status [--tenant T] | tenant --tenant T private-only|shared |"
+     " CERT [CHAIN] | status [--tenant T] | revoke --tenant T |"
+     " tenant --tenant T private-only|shared |"
      " mark TENANT/ID public|private:TENANT"},
+#define ADMIN_CMD(name, help)                                                                      \
+	{                                                                                          \
+		name, ctl_admin_main, help                                                         \
+	}
+    /* The admin API (tools/mtunctl_admin.c; each has --help). */
+    ADMIN_CMD("tenant", "list|get|create|update|delete: tenant settings"),
+    ADMIN_CMD("user", "list|get|create|update|delete|import FILE: the user directory"),
+    ADMIN_CMD("group", "list|get|create|update|delete: user groups"),
+    ADMIN_CMD("segment", "list|get|create|update|delete: app segments"),
+    ADMIN_CMD("segment-group", "list|get|create|update|delete"),
+    ADMIN_CMD("server-group", "list|get|create|update|delete"),
+    ADMIN_CMD("connector-group", "list|get|create|update|delete"),
+    ADMIN_CMD("broker", "list|get|create|update|delete"),
+    ADMIN_CMD("posture", "list|get|create|update|delete: posture profiles"),
+    ADMIN_CMD("rule", "list|get|create|update|delete: access rules"),
+    ADMIN_CMD("timeout", "list|get|create|update|delete: timeout policies"),
+    ADMIN_CMD("policy", "test --user U --app NAME:PORT [--posture P,...]"),
+    ADMIN_CMD("batch", "FILE: many changes in one transaction"),
+    ADMIN_CMD("snapshot", "the compiled model's generation and counts"),
+    ADMIN_CMD("enroll", "--ca HOST:PORT --ca-fingerprint FP --token T --state DIR: admin identity"),
+    ADMIN_CMD("renew", "--state DIR: renew the admin identity"),
     {"help", cmd_help, "show this help"},
 };
 
