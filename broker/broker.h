@@ -504,6 +504,14 @@ void bopen_elected(struct bopen *o, const struct elect_result *r, const char *re
 /* c lost its control session: its pending BINDs fall over to other connectors. */
 void bd_connector_lost(struct bd *bd, struct bconnector *c);
 const char **bd_user_groups(struct bd *bd, const char *user, size_t *n);
+/*
+ * What every RESOLVE and OPEN of agent p passes: raw in one spelling (name: SEG_NAME_MAX + 1
+ * bytes), its segment, the policy. MT_STATUS_OK with *seg and *dec; else NXDOMAIN or
+ * DENIED with reason filled, logged as event "<what>.refused" or "<what>.denied".
+ */
+enum mt_status bd_admit(struct bd *bd, const struct bpeer *p, const char *what, const char *raw,
+                        uint8_t proto, uint16_t port, char *name, const struct segment **seg,
+                        struct policy_decision *dec, char *reason, size_t reason_len);
 enum mt_status bd_elect_status(enum elect_status s);
 
 /* resolve.c: RESOLVE, PROBE rounds, CONFIG to agents */

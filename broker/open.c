@@ -277,14 +277,49 @@ void bd_connector_lost(struct bd *bd, struct bconnector *c)
 		bopen_retry(o, MT_STATUS_UNREACHABLE, "the connector went away");
 }
 
+enum mt_status bd_admit(struct bd *bd, const struct bpeer *p, const char *what, const char *raw,
+                        uint8_t proto, uint16_t port, char *name, const struct segment **seg,
+                        struct policy_decision *dec, char *reason, size_t reason_len)
+{
+	struct policy_subject subj = {.tenant = bd->cfg->tenant, .user = p->id.user};
+	unsigned char addr[16];
+	char event[32];
+	const char *why;
+
+	/* One spelling per name, so that the election cache sees one entry. */
+	if (inet_pton(AF_INET, raw, addr) == 1 || inet_pton(AF_INET6, raw, addr) == 1)
+		snprintf(name, SEG_NAME_MAX + 1, "%s", raw);
+	else if (segment_normalize_name(raw, name, &why) < 0)
+		name[0] = '\0';
+	*seg = name[0] ? segment_match(bd->cfg->segs, name, proto, port) : NULL;
+	if (!*seg) {
+		snprintf(reason, reason_len, "%s:%u is in no app segment", raw, port);
+		snprintf(event, sizeof(event), "%s.refused", what);
+		log_event(LOG_LVL_INFO, event, "user=%s host=%s port=%u status=nxdomain",
+		          p->id.user, raw, port);
+		return MT_STATUS_NXDOMAIN;
+	}
+	subj.groups = bd_user_groups(bd, p->id.user, &subj.ngroups);
+	policy_eval(bd->cfg->pol, &subj, *seg, time(NULL), dec);
+	if (dec->action != POLICY_ALLOW) {
+		snprintf(reason, reason_len, "%s%s%s", dec->reason, *dec->rule_name ? " " : "",
+		         dec->rule_name);
+		snprintf(event, sizeof(event), "%s.denied", what);
+		log_event(LOG_LVL_INFO, event,
+		          "user=%s host=%s port=%u segment=%u rule=%u reason=\"%s\"", p->id.user,
+		          name, port, (*seg)->id, dec->rule_id, reason);
+		return MT_STATUS_DENIED;
+	}
+	return MT_STATUS_OK;
+}
+
 void bd_on_open(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr, const uint8_t *frame,
                 size_t len)
 {
 	char raw[MT_NAME_MAX + 1] = "", name[MT_NAME_MAX + 1] = "", reason[MT_TEXT_MAX + 1];
-	unsigned char addr[16];
 	struct policy_decision dec;
-	struct policy_subject subj = {.tenant = bd->cfg->tenant, .user = p->id.user};
 	const struct segment *seg;
+	enum mt_status st;
 	struct bopen *o;
 	struct mtunnel *mt;
 	struct mt_msg m;
@@ -298,30 +333,10 @@ void bd_on_open(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr, const 
 		session_close(p->s, MT_STATUS_PROTOCOL, "OPEN on a live mtunnel id");
 		return;
 	}
-	/* One spelling per name, so that the election cache sees one entry. */
-	if (inet_pton(AF_INET, raw, addr) == 1 || inet_pton(AF_INET6, raw, addr) == 1)
-		memcpy(name, raw, sizeof(name));
-	else if (segment_normalize_name(raw, name, &why) < 0)
-		name[0] = '\0';
-	seg = name[0] ? segment_match(bd->cfg->segs, name, m.u.open.proto, m.u.open.port) : NULL;
-	if (!seg) {
-		snprintf(reason, sizeof(reason), "%.*s:%u is in no app segment",
-		         (int)m.u.open.name.len, (const char *)m.u.open.name.p, m.u.open.port);
-		log_event(LOG_LVL_INFO, "mtunnel.refused",
-		          "user=%s host=%.*s port=%u status=nxdomain", p->id.user,
-		          (int)m.u.open.name.len, (const char *)m.u.open.name.p, m.u.open.port);
-		bd_reply(p, MT_OPEN_REPLY, hdr->id, MT_STATUS_NXDOMAIN, 0, reason);
-		return;
-	}
-	subj.groups = bd_user_groups(bd, p->id.user, &subj.ngroups);
-	policy_eval(bd->cfg->pol, &subj, seg, time(NULL), &dec);
-	if (dec.action != POLICY_ALLOW) {
-		snprintf(reason, sizeof(reason), "%s%s%s", dec.reason, *dec.rule_name ? " " : "",
-		         dec.rule_name);
-		log_event(LOG_LVL_INFO, "mtunnel.denied",
-		          "user=%s host=%s port=%u segment=%u rule=%u reason=\"%s\"", p->id.user,
-		          name, m.u.open.port, seg->id, dec.rule_id, reason);
-		bd_reply(p, MT_OPEN_REPLY, hdr->id, MT_STATUS_DENIED, 0, reason);
+	st = bd_admit(bd, p, "mtunnel", raw, m.u.open.proto, m.u.open.port, name, &seg, &dec,
+	              reason, sizeof(reason));
+	if (st != MT_STATUS_OK) {
+		bd_reply(p, MT_OPEN_REPLY, hdr->id, st, 0, reason);
 		return;
 	}
 	o = calloc(1, sizeof(*o));

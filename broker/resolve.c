@@ -249,14 +249,13 @@ int bd_elect_open(struct bd *bd, struct bopen *o, const uint32_t *groups, size_t
 void bd_on_resolve(struct bd *bd, struct bpeer *p, const uint8_t *frame, size_t len)
 {
 	char raw[MT_NAME_MAX + 1] = "", name[SEG_NAME_MAX + 1] = "", reason[MT_TEXT_MAX + 1];
-	struct policy_subject subj = {.tenant = bd->cfg->tenant, .user = p->id.user};
 	uint32_t groups[BD_GROUPS_MAX];
 	struct policy_decision dec;
 	const struct segment *seg;
 	struct elect_result r;
 	struct belection *el;
 	struct bresolve *w;
-	unsigned char addr[16];
+	enum mt_status st;
 	struct mt_msg m;
 	const char *why;
 	size_t n;
@@ -264,27 +263,10 @@ void bd_on_resolve(struct bd *bd, struct bpeer *p, const uint8_t *frame, size_t 
 	if (wire_decode(frame, len, &m, &why) < 0)
 		return;
 	memcpy(raw, m.u.resolve.name.p, m.u.resolve.name.len);
-	if (inet_pton(AF_INET, raw, addr) == 1 || inet_pton(AF_INET6, raw, addr) == 1)
-		memcpy(name, raw, sizeof(name));
-	else if (segment_normalize_name(raw, name, &why) < 0)
-		name[0] = '\0';
-	seg = name[0] ? segment_match(bd->cfg->segs, name, m.u.resolve.proto, m.u.resolve.port)
-	              : NULL;
-	if (!seg) {
-		snprintf(reason, sizeof(reason), "%s:%u is in no app segment", raw,
-		         m.u.resolve.port);
-		bd_resolve_reply(p, m.u.resolve.req_id, MT_STATUS_NXDOMAIN, BD_FAIL_TTL_S, reason);
-		return;
-	}
-	subj.groups = bd_user_groups(bd, p->id.user, &subj.ngroups);
-	policy_eval(bd->cfg->pol, &subj, seg, time(NULL), &dec);
-	if (dec.action != POLICY_ALLOW) {
-		snprintf(reason, sizeof(reason), "%s%s%s", dec.reason, *dec.rule_name ? " " : "",
-		         dec.rule_name);
-		log_event(LOG_LVL_INFO, "resolve.denied",
-		          "user=%s name=%s port=%u segment=%u rule=%u reason=\"%s\"", p->id.user,
-		          name, m.u.resolve.port, seg->id, dec.rule_id, reason);
-		bd_resolve_reply(p, m.u.resolve.req_id, MT_STATUS_DENIED, BD_FAIL_TTL_S, reason);
+	st = bd_admit(bd, p, "resolve", raw, m.u.resolve.proto, m.u.resolve.port, name, &seg, &dec,
+	              reason, sizeof(reason));
+	if (st != MT_STATUS_OK) {
+		bd_resolve_reply(p, m.u.resolve.req_id, st, BD_FAIL_TTL_S, reason);
 		return;
 	}
 	n = segment_connector_groups(bd->cfg->segs, seg, groups, BD_GROUPS_MAX);
