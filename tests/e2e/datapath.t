@@ -13,23 +13,7 @@ fport=2281 # the forward's listener in client
 bport_app=7301
 
 lab_up
-cat >"$T/broker.conf" <<CONF
-broker = {
-	listen = "$svc:$bport";
-	tenant = "lab";
-	state = "$state/edge/broker";
-	identity_source = "$state/edge/identity";
-};
-connector_groups = ( { id = 1; name = "dc1"; } );
-segments = (
-	{ id = 10; name = "server01"; hosts = [ "server01.corp.example" ];
-	  ports = [ "tcp/$bport_app" ]; connector_groups = [ "dc1" ]; }
-);
-users = ( { name = "alice"; groups = [ "eng" ]; } );
-rules = (
-	{ id = 1; name = "eng-to-server01"; action = "allow"; groups = [ "eng" ]; segments = [ 10 ]; }
-);
-CONF
+broker_conf_one "$T/broker.conf" "$bport_app"
 connector_conf "$T/connector.conf" "$state/conn/connector" "$state/conn/identity"
 
 if start_broker "$T/broker.conf" && start_connector conn connector "$T/connector.conf" conn &&

@@ -11,23 +11,7 @@ set -uo pipefail
 e2e_init f
 lab_up
 
-cat >"$T/broker.conf" <<CONF
-broker = {
-	listen = "$svc:$bport";
-	tenant = "lab";
-	state = "$state/edge/broker";
-	identity_source = "$state/edge/identity";
-};
-connector_groups = ( { id = 1; name = "dc1"; } );
-segments = (
-	{ id = 10; name = "server01"; hosts = [ "server01.corp.example" ];
-	  ports = [ "tcp/5001" ]; connector_groups = [ "dc1" ]; }
-);
-users = ( { name = "alice"; groups = [ "eng" ]; } );
-rules = (
-	{ id = 1; name = "eng-to-server01"; action = "allow"; groups = [ "eng" ]; segments = [ 10 ]; }
-);
-CONF
+broker_conf_one "$T/broker.conf" "5001"
 connector_conf "$T/connector.conf" "$state/conn/connector" "$state/conn/identity"
 
 if start_broker "$T/broker.conf" && start_connector conn connector "$T/connector.conf" conn &&

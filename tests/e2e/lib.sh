@@ -253,6 +253,28 @@ enroll_connector() {
 		--state "$dir" --identity-source "$idsrc") >>"$T/enroll.log" 2>&1
 }
 
+# broker_conf_one FILE PORT: a broker configuration with one segment (server01 on tcp/PORT,
+# connector group dc1) that user alice (group eng) may reach.
+broker_conf_one() {
+	cat >"$1" <<CONF
+broker = {
+	listen = "$svc:$bport";
+	tenant = "lab";
+	state = "$state/edge/broker";
+	identity_source = "$state/edge/identity";
+};
+connector_groups = ( { id = 1; name = "dc1"; } );
+segments = (
+	{ id = 10; name = "server01"; hosts = [ "server01.corp.example" ];
+	  ports = [ "tcp/$2" ]; connector_groups = [ "dc1" ]; }
+);
+users = ( { name = "alice"; groups = [ "eng" ]; } );
+rules = (
+	{ id = 1; name = "eng-to-server01"; action = "allow"; groups = [ "eng" ]; segments = [ 10 ]; }
+);
+CONF
+}
+
 # connector_conf FILE STATE IDSRC [GROUP]: a connector configuration dialing the test broker.
 connector_conf() {
 	cat >"$1" <<CONF
