@@ -4,7 +4,6 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <netdb.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,39 +50,6 @@ static void fwd_signal(struct ring *ring, const struct signalfd_siginfo *si, voi
 {
 	log_info("signal %u: stopping", si->ssi_signo);
 	ring_stop(ring);
-}
-
-static int fwd_listen(const char *spec)
-{
-	struct conf_hostport hp;
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST};
-	struct addrinfo *ai = NULL;
-	const char *why;
-	char port[8];
-	int fd = -1, one = 1, ret;
-
-	if (conf_parse_hostport(spec, &hp, &why) < 0) {
-		log_warnx("--listen %s: %s", spec, why);
-		return -EINVAL;
-	}
-	snprintf(port, sizeof(port), "%u", hp.port);
-	ret = getaddrinfo(hp.host, port, &hints, &ai);
-	if (ret != 0) {
-		log_warnx("--listen %s: %s", spec, gai_strerror(ret));
-		return -EINVAL;
-	}
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
-		ret = -errno;
-		log_warn("--listen %s", spec);
-		if (fd >= 0)
-			close(fd);
-		freeaddrinfo(ai);
-		return ret;
-	}
-	freeaddrinfo(ai);
-	return fd;
 }
 
 int forward_main(int argc, char **argv)
@@ -154,7 +120,7 @@ int forward_main(int argc, char **argv)
 	tc.broker = broker;
 	tc.state = state;
 	tc.identity_source = idsrc;
-	f.lfd = fwd_listen(listen_at);
+	f.lfd = conf_listen_tcp(listen_at, 128, "--listen");
 	if (f.lfd < 0) {
 		ret = f.lfd;
 		goto out;

@@ -5,7 +5,6 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <netdb.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -505,39 +504,6 @@ static void bd_signal(struct ring *ring, const struct signalfd_siginfo *si, void
 	ring_stop(ring);
 }
 
-static int bd_listen(const char *spec)
-{
-	struct conf_hostport hp;
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST};
-	struct addrinfo *ai = NULL;
-	const char *why;
-	char port[8];
-	int fd, one = 1, ret;
-
-	if (conf_parse_hostport(spec, &hp, &why) < 0) {
-		log_warnx("broker.listen %s: %s", spec, why);
-		return -EINVAL;
-	}
-	snprintf(port, sizeof(port), "%u", hp.port);
-	ret = getaddrinfo(hp.host, port, &hints, &ai);
-	if (ret != 0) {
-		log_warnx("broker.listen %s: %s", spec, gai_strerror(ret));
-		return -EINVAL;
-	}
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
-		ret = -errno;
-		log_warn("broker.listen %s", spec);
-		if (fd >= 0)
-			close(fd);
-		freeaddrinfo(ai);
-		return ret;
-	}
-	freeaddrinfo(ai);
-	return fd;
-}
-
 /* What the ring did not free (setup failed before sessions ran). */
 static void bd_free(struct bd *bd)
 {
@@ -637,7 +603,7 @@ int broker_run(int argc, char **argv)
 		ret = -EINVAL;
 		goto out;
 	}
-	bd.lfd = bd_listen(bd.cfg->listen);
+	bd.lfd = conf_listen_tcp(bd.cfg->listen, 1024, "broker.listen");
 	if (bd.lfd < 0) {
 		ret = bd.lfd;
 		goto out;

@@ -972,38 +972,6 @@ static void *px_thread(void *arg)
 	return NULL;
 }
 
-static int px_listen(const char *spec, int *out)
-{
-	struct conf_hostport hp;
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL;
-	const char *why;
-	char port[8];
-	int fd, one = 1, ret;
-
-	if (conf_parse_hostport(spec, &hp, &why)) {
-		log_warnx("listen %s: %s", spec, why);
-		return -EINVAL;
-	}
-	snprintf(port, sizeof(port), "%u", hp.port);
-	if (getaddrinfo(hp.host, port, &hints, &res) != 0) {
-		log_warnx("listen %s: cannot resolve", spec);
-		return -EINVAL;
-	}
-	fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
-		ret = -errno;
-		log_warn("listen %s", spec);
-		if (fd >= 0)
-			close(fd);
-		freeaddrinfo(res);
-		return ret;
-	}
-	freeaddrinfo(res);
-	*out = fd;
-	return 0;
-}
-
 static int px_ctx_new(const struct proxy_opts *o, SSL_CTX **up, SSL_CTX **cl)
 {
 	/* no session tickets or resumption: they would need a ticket key to guard */
@@ -1052,9 +1020,10 @@ int proxy_new(struct inspect_node *n, const struct proxy_opts *o, struct proxy *
 	if (ret)
 		goto err;
 	for (; p->nfds < o->nlisten; p->nfds++) {
-		ret = px_listen(o->listen[p->nfds], &p->fds[p->nfds]);
-		if (ret)
+		ret = conf_listen_tcp(o->listen[p->nfds], 1024, "listen");
+		if (ret < 0)
 			goto err;
+		p->fds[p->nfds] = ret;
 		log_event(LOG_LVL_INFO, "proxy.listening", "addr=%s", o->listen[p->nfds]);
 	}
 	*out = p;

@@ -6,11 +6,14 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <libconfig.h>
 
@@ -909,4 +912,36 @@ int conf_get_size(struct conf *c, const char *path, enum conf_need need, uint64_
 	}
 	*bytes = n;
 	return 0;
+}
+
+int conf_listen_tcp(const char *spec, int backlog, const char *what)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST};
+	struct addrinfo *ai = NULL;
+	struct conf_hostport hp;
+	const char *why;
+	char port[8];
+	int fd, one = 1, ret;
+
+	if (conf_parse_hostport(spec, &hp, &why) < 0) {
+		log_warnx("%s %s: %s", what, spec, why);
+		return -EINVAL;
+	}
+	snprintf(port, sizeof(port), "%u", hp.port);
+	ret = getaddrinfo(hp.host, port, &hints, &ai);
+	if (ret != 0) {
+		log_warnx("%s %s: %s", what, spec, gai_strerror(ret));
+		return -EINVAL;
+	}
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
+		ret = -errno;
+		log_warn("%s %s", what, spec);
+		if (fd >= 0)
+			close(fd);
+		fd = ret;
+	}
+	freeaddrinfo(ai);
+	return fd;
 }

@@ -80,6 +80,11 @@ struct conf_cidr {
 
 /* "host:port", "1.2.3.4:port", "[::1]:port"; ports 1-65535. */
 int conf_parse_hostport(const char *s, struct conf_hostport *out, const char **why);
+/*
+ * A TCP listener (SO_REUSEADDR, close-on-exec) on spec, an address literal "ip:port" or
+ * "[ip6]:port": the fd, or -errno, logged with what (the option or key that named it).
+ */
+int conf_listen_tcp(const char *spec, int backlog, const char *what);
 /* "10.0.0.0/8", "fd00::/8"; a bare address is /32 or /128; host bits must be zero. */
 int conf_parse_cidr(const char *s, struct conf_cidr *out, const char **why);
 /* "250ms", "30s", "5m", "1h", "2d" -> milliseconds. */
