@@ -21,6 +21,7 @@
 #include "envelope.h"
 #include "inspect.h"
 #include "log.h"
+#include "tls.h"
 
 static int ik_read_conf(const char *dir, char *addr, size_t asz, char *pin, size_t psz)
 {
@@ -92,33 +93,6 @@ static int ik_connect(const char *hostport, int timeout_ms)
 	}
 	freeaddrinfo(res);
 	return err ? err : fd;
-}
-
-static int ik_pem_certs(const uint8_t *pem, size_t len, STACK_OF(X509) **out)
-{
-	BIO *bio = len <= INT32_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
-	STACK_OF(X509) *sk = sk_X509_new_null();
-	X509 *x;
-	int ret = -EBADMSG;
-
-	if (!bio || !sk)
-		goto out;
-	while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL))) {
-		if (!sk_X509_push(sk, x)) {
-			X509_free(x);
-			goto out;
-		}
-	}
-	ERR_clear_error();
-	if (sk_X509_num(sk) > 0) {
-		*out = sk;
-		sk = NULL;
-		ret = 0;
-	}
-out:
-	BIO_free(bio);
-	sk_X509_pop_free(sk, X509_free);
-	return ret;
 }
 
 static void ik_why(char *why, size_t len, const char *s)
@@ -204,7 +178,7 @@ int inspkey_fetch(const char *dir, const char *identity_source, EVP_PKEY *wrap, 
 	}
 	if (enroll_msg_str(&m, ET_SERIAL, out->key_id, sizeof(out->key_id)) ||
 	    !enroll_msg_has(&m, ET_CRL) || !enroll_msg_has(&m, ET_CHAIN) ||
-	    ik_pem_certs(m.v[ET_CHAIN].p, m.v[ET_CHAIN].len, &out->certs)) {
+	    tls_load_certs_mem(m.v[ET_CHAIN].p, m.v[ET_CHAIN].len, &out->certs)) {
 		ik_why(why, why_len, "the answer lacks key id, envelope or certificate");
 		goto out;
 	}
