@@ -140,8 +140,12 @@ else
 	note "direct:"
 	sed 's/^/#   /' <<<"$direct"
 fi
-sleep 1.2 # the status file is rewritten 4 times a second
-q1=$(sed -n 's/^dns_forwarded=//p' "$state/client/agent.status")
+# The status file is rewritten 4 times a second: poll it for the new count (up to 10 s).
+for _ in $(seq 200); do
+	q1=$(sed -n 's/^dns_forwarded=//p' "$state/client/agent.status")
+	[ -n "$q0" ] && [ -n "$q1" ] && [ "$q1" -gt "$q0" ] && break
+	sleep 0.05
+done
 if [ -n "$q0" ] && [ -n "$q1" ] && [ "$q1" -gt "$q0" ]; then
 	ok "the public query went through the agent's stub (forwarded $q0 -> $q1)"
 else
