@@ -68,7 +68,8 @@ static const char *const type_names[MT_TYPE_MAX] = {
     [MT_DATA] = "DATA",       [MT_WINDOW] = "WINDOW",
     [MT_FIN] = "FIN",         [MT_RESET] = "RESET",
     [MT_PING] = "PING",       [MT_PONG] = "PONG",
-    [MT_ERROR] = "ERROR",
+    [MT_ERROR] = "ERROR",     [MT_POSTURE_QUERY] = "POSTURE_QUERY",
+    [MT_POSTURE] = "POSTURE",
 };
 
 static const char *const status_names[MT_STATUS_MAX] = {
@@ -814,6 +815,238 @@ static int config_decode(const uint8_t *p, size_t len, struct mt_config *c, cons
 	return 0;
 }
 
+/* --- posture --- */
+
+static bool path_ok(const uint8_t *p, size_t len)
+{
+	return len >= 1 && len <= MT_PATH_MAX && p[0] == '/' && text_ok(p, len);
+}
+
+static bool proc_ok(const uint8_t *p, size_t len)
+{
+	return len >= 1 && len <= MT_PROCESS_MAX && text_ok(p, len);
+}
+
+/* Count, content and uniqueness of a list of paths (files) or process names. */
+static int list_check(const struct mt_bytes *l, unsigned n, bool files, const char **why)
+{
+	if (n > (files ? MT_POSTURE_FILES_MAX : MT_POSTURE_PROCS_MAX))
+		return refuse(why, -EPROTO,
+		              files ? "more than 32 files" : "more than 32 processes");
+	if (n && !l)
+		return refuse(why, -EPROTO, "list without items");
+	for (unsigned i = 0; i < n; i++) {
+		if (!l[i].p || !(files ? path_ok(l[i].p, l[i].len) : proc_ok(l[i].p, l[i].len)))
+			return refuse(why, -EPROTO,
+			              files ? "file not an absolute path" : "bad process name");
+		for (unsigned j = 0; j < i; j++)
+			if (l[j].len == l[i].len && memcmp(l[j].p, l[i].p, l[i].len) == 0)
+				return refuse(why, -EPROTO,
+				              files ? "duplicate file" : "duplicate process");
+	}
+	return 0;
+}
+
+/* Collects one repeated item; the bound is checked before the array is written. */
+static int list_add(struct mt_bytes *l, uint16_t *n, bool files, const struct attr *a,
+                    const char **why)
+{
+	if (*n >= (files ? MT_POSTURE_FILES_MAX : MT_POSTURE_PROCS_MAX))
+		return refuse(why, -EPROTO,
+		              files ? "more than 32 files" : "more than 32 processes");
+	l[(*n)++] = (struct mt_bytes){a->v, a->len};
+	return 0;
+}
+
+static int fact_decode(const uint8_t *p, size_t len, struct mt_file_fact *f, const char **why)
+{
+	const uint8_t *end = p + len;
+	uint64_t seen = 0;
+	struct attr a;
+	int rc;
+
+	memset(f, 0, sizeof(*f));
+	while ((rc = attr_next(&p, end, &a, why)) > 0) {
+		if (a.num != MT_F_PATH && a.num != MT_F_SHA256) {
+			if ((rc = attr_unknown(&a, why)) < 0)
+				return rc;
+			continue;
+		}
+		if ((rc = attr_once(&seen, a.num, why)) < 0)
+			return rc;
+		if (a.num == MT_F_PATH) {
+			if (!path_ok(a.v, a.len))
+				return refuse(why, -EPROTO, "file not an absolute path");
+			f->path = (struct mt_bytes){a.v, a.len};
+		} else {
+			if (a.len != MT_SHA256_LEN)
+				return refuse(why, -EPROTO, "SHA-256 not 32 bytes");
+			memcpy(f->sha256, a.v, MT_SHA256_LEN);
+		}
+	}
+	if (rc < 0)
+		return rc;
+	if (seen != (1U << MT_F_PATH | 1U << MT_F_SHA256))
+		return refuse(why, -EPROTO, "missing required attribute");
+	return 0;
+}
+
+static int version_decode(const struct attr *a, uint64_t *seen, uint64_t *v, const char **why)
+{
+	int rc;
+
+	if ((rc = attr_once(seen, a->num, why)) < 0)
+		return rc;
+	if (a->len != 8)
+		return refuse(why, -EPROTO, "bad attribute length");
+	*v = get64(a->v);
+	return 0;
+}
+
+static int posture_query_decode(const uint8_t *p, size_t len, struct mt_posture_query *q,
+                                const char **why)
+{
+	struct mt_bytes files[MT_POSTURE_FILES_MAX], procs[MT_POSTURE_PROCS_MAX];
+	const uint8_t *body = p, *end = p + len;
+	uint16_t nfiles = 0, nprocs = 0;
+	uint64_t seen = 0;
+	struct attr a;
+	int rc;
+
+	memset(q, 0, sizeof(*q));
+	while ((rc = attr_next(&p, end, &a, why)) > 0) {
+		switch (a.num) {
+		case MT_A_CONFIG_VERSION:
+			rc = version_decode(&a, &seen, &q->version, why);
+			break;
+		case MT_A_FILE:
+			rc = list_add(files, &nfiles, true, &a, why);
+			break;
+		case MT_A_PROCESS:
+			rc = list_add(procs, &nprocs, false, &a, why);
+			break;
+		case MT_A_FILE_FACT:
+		case MT_A_KERNEL:
+		case MT_A_OS:
+		case MT_A_DISK_ENCRYPTED:
+			rc = refuse(why, -EPROTO, "posture fact in a posture query");
+			break;
+		default:
+			rc = attr_unknown(&a, why);
+		}
+		if (rc < 0)
+			return rc;
+	}
+	if (rc < 0)
+		return rc;
+	if (!(seen & (1ULL << MT_A_CONFIG_VERSION)))
+		return refuse(why, -EPROTO, "missing required attribute");
+	if ((rc = list_check(files, nfiles, true, why)) < 0 ||
+	    (rc = list_check(procs, nprocs, false, why)) < 0)
+		return rc;
+	q->attrs = (struct mt_bytes){body, (uint16_t)len};
+	return 0;
+}
+
+static int posture_decode(const uint8_t *p, size_t len, struct mt_posture *ps, const char **why)
+{
+	struct mt_bytes paths[MT_POSTURE_FILES_MAX], procs[MT_POSTURE_PROCS_MAX];
+	const uint8_t *body = p, *end = p + len;
+	uint16_t nfiles = 0, nprocs = 0;
+	struct mt_file_fact f;
+	uint64_t seen = 0;
+	struct attr a;
+	int rc;
+
+	memset(ps, 0, sizeof(*ps));
+	while ((rc = attr_next(&p, end, &a, why)) > 0) {
+		switch (a.num) {
+		case MT_A_CONFIG_VERSION:
+			rc = version_decode(&a, &seen, &ps->version, why);
+			break;
+		case MT_A_KERNEL:
+		case MT_A_OS:
+			if ((rc = attr_once(&seen, a.num, why)) < 0)
+				break;
+			if (a.num == MT_A_KERNEL && !proc_ok(a.v, a.len))
+				rc = refuse(why, -EPROTO, "bad kernel release");
+			else if (a.num == MT_A_OS &&
+			         (a.len < 1 || a.len > MT_OS_MAX || !text_ok(a.v, a.len)))
+				rc = refuse(why, -EPROTO, "bad OS name");
+			else
+				*(a.num == MT_A_KERNEL ? &ps->kernel : &ps->os) =
+				    (struct mt_bytes){a.v, a.len};
+			break;
+		case MT_A_DISK_ENCRYPTED:
+			if ((rc = attr_once(&seen, a.num, why)) < 0)
+				break;
+			if (a.len != 1)
+				rc = refuse(why, -EPROTO, "bad attribute length");
+			else if (a.v[0] > 1)
+				rc = refuse(why, -EPROTO, "disk encryption not 0 or 1");
+			else
+				ps->disk_encrypted = a.v[0];
+			break;
+		case MT_A_FILE_FACT:
+			if ((rc = fact_decode(a.v, a.len, &f, why)) < 0)
+				break;
+			a.v = f.path.p;
+			a.len = f.path.len;
+			rc = list_add(paths, &nfiles, true, &a, why);
+			break;
+		case MT_A_PROCESS:
+			rc = list_add(procs, &nprocs, false, &a, why);
+			break;
+		case MT_A_FILE:
+			rc = refuse(why, -EPROTO, "posture query item in a posture report");
+			break;
+		default:
+			rc = attr_unknown(&a, why);
+		}
+		if (rc < 0)
+			return rc;
+	}
+	if (rc < 0)
+		return rc;
+	if (!(seen & (1ULL << MT_A_CONFIG_VERSION)) || !(seen & (1ULL << MT_A_DISK_ENCRYPTED)))
+		return refuse(why, -EPROTO, "missing required attribute");
+	if ((rc = list_check(paths, nfiles, true, why)) < 0 ||
+	    (rc = list_check(procs, nprocs, false, why)) < 0)
+		return rc;
+	ps->attrs = (struct mt_bytes){body, (uint16_t)len};
+	return 0;
+}
+
+void wire_posture_iter(const struct mt_bytes *attrs, struct mt_iter *it)
+{
+	it->p = attrs->p;
+	it->end = attrs->p ? attrs->p + attrs->len : NULL;
+}
+
+bool wire_posture_next(struct mt_iter *it, uint16_t *type, struct mt_bytes *text,
+                       struct mt_file_fact *fact)
+{
+	struct attr a;
+
+	/* Items are checked again: a view handed to a caller is never one decode skipped. */
+	while (it->p && attr_next(&it->p, it->end, &a, NULL) > 0) {
+		if (a.num == MT_A_FILE_FACT) {
+			if (!fact || fact_decode(a.v, a.len, fact, NULL) < 0)
+				continue;
+		} else if (a.num == MT_A_FILE || a.num == MT_A_PROCESS) {
+			if (!text ||
+			    !(a.num == MT_A_FILE ? path_ok(a.v, a.len) : proc_ok(a.v, a.len)))
+				continue;
+			*text = (struct mt_bytes){a.v, a.len};
+		} else {
+			continue;
+		}
+		*type = a.num;
+		return true;
+	}
+	return false;
+}
+
 int wire_decode(const uint8_t *buf, size_t len, struct mt_msg *m, const char **why)
 {
 	const uint8_t *body = buf + MT_FRAME_HDR;
@@ -836,6 +1069,10 @@ int wire_decode(const uint8_t *buf, size_t len, struct mt_msg *m, const char **w
 		return m->hdr.len ? refuse(why, -EPROTO, "FIN with a payload") : 0;
 	case MT_CONFIG:
 		return config_decode(body, m->hdr.len, &m->u.config, why);
+	case MT_POSTURE_QUERY:
+		return posture_query_decode(body, m->hdr.len, &m->u.posture_query, why);
+	case MT_POSTURE:
+		return posture_decode(body, m->hdr.len, &m->u.posture, why);
 	}
 	return attrs_decode(&msg_desc[m->hdr.type], body, m->hdr.len, &m->u, why);
 }
@@ -1028,6 +1265,55 @@ static int config_encode(struct wbuf *w, const struct mt_config *c)
 	return w->err;
 }
 
+static void w_list(struct wbuf *w, uint16_t type, const struct mt_bytes *l, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		w_bytes(w, type, l[i].p, l[i].len);
+}
+
+static int posture_query_encode(struct wbuf *w, const struct mt_posture_query *q)
+{
+	if (list_check(q->files, q->nfiles, true, NULL) < 0 ||
+	    list_check(q->procs, q->nprocs, false, NULL) < 0)
+		return -EINVAL;
+	w_u64(w, MT_A_CONFIG_VERSION, q->version);
+	w_list(w, MT_A_FILE, q->files, q->nfiles);
+	w_list(w, MT_A_PROCESS, q->procs, q->nprocs);
+	return w->err;
+}
+
+static int posture_encode(struct wbuf *w, const struct mt_posture *ps)
+{
+	struct mt_bytes paths[MT_POSTURE_FILES_MAX];
+
+	if (ps->nfiles > MT_POSTURE_FILES_MAX || (ps->nfiles && !ps->files))
+		return -EINVAL;
+	for (unsigned i = 0; i < ps->nfiles; i++)
+		paths[i] = ps->files[i].path;
+	if (list_check(paths, ps->nfiles, true, NULL) < 0 ||
+	    list_check(ps->procs, ps->nprocs, false, NULL) < 0 || ps->disk_encrypted > 1)
+		return -EINVAL;
+	if (ps->kernel.len && (!ps->kernel.p || !proc_ok(ps->kernel.p, ps->kernel.len)))
+		return -EINVAL;
+	if (ps->os.len && (!ps->os.p || ps->os.len > MT_OS_MAX || !text_ok(ps->os.p, ps->os.len)))
+		return -EINVAL;
+	w_u64(w, MT_A_CONFIG_VERSION, ps->version);
+	if (ps->kernel.len)
+		w_bytes(w, MT_A_KERNEL, ps->kernel.p, ps->kernel.len);
+	if (ps->os.len)
+		w_bytes(w, MT_A_OS, ps->os.p, ps->os.len);
+	w_u8(w, MT_A_DISK_ENCRYPTED, ps->disk_encrypted);
+	for (unsigned i = 0; i < ps->nfiles; i++) {
+		uint8_t *nest = w_nest(w, MT_A_FILE_FACT);
+
+		w_bytes(w, MT_F_PATH, paths[i].p, paths[i].len);
+		w_bytes(w, MT_F_SHA256, ps->files[i].sha256, MT_SHA256_LEN);
+		w_nest_end(w, nest);
+	}
+	w_list(w, MT_A_PROCESS, ps->procs, ps->nprocs);
+	return w->err;
+}
+
 int wire_encode(uint8_t *buf, size_t size, const struct mt_msg *m)
 {
 	struct mt_hdr h = m->hdr;
@@ -1058,6 +1344,12 @@ int wire_encode(uint8_t *buf, size_t size, const struct mt_msg *m)
 		break;
 	case MT_CONFIG:
 		rc = config_encode(&w, &m->u.config);
+		break;
+	case MT_POSTURE_QUERY:
+		rc = posture_query_encode(&w, &m->u.posture_query);
+		break;
+	case MT_POSTURE:
+		rc = posture_encode(&w, &m->u.posture);
 		break;
 	default:
 		rc = attrs_encode(&w, &msg_desc[h.type], &m->u);

@@ -38,8 +38,13 @@ enum mt_frame_type {
 	MT_PING = 15,
 	MT_PONG = 16,
 	MT_ERROR = 17,
+	MT_POSTURE_QUERY = 18,
+	MT_POSTURE = 19,
 	MT_TYPE_MAX,
 };
+
+/* HELLO CAPS bits. An agent that answers POSTURE_QUERY announces MT_CAP_POSTURE. */
+#define MT_CAP_POSTURE (1U << 0)
 
 /* CONFIG only: more CONFIG frames of the same version follow. */
 #define MT_FRAME_F_MORE (1U << 0)
@@ -112,6 +117,18 @@ enum mt_attr {
 	MT_A_TOKEN = 25,          /* u64 */
 	MT_A_CODE = 26,           /* u32 */
 	MT_A_MESSAGE = 27,        /* text, 1..255 */
+	MT_A_FILE = 28,           /* text, absolute path 1..255, repeated */
+	MT_A_PROCESS = 29,        /* text, 1..64, repeated */
+	MT_A_FILE_FACT = 30,      /* nested: MT_F_*, repeated */
+	MT_A_KERNEL = 31,         /* text, 1..64: uname release */
+	MT_A_OS = 32,             /* text, 1..128: os-release PRETTY_NAME */
+	MT_A_DISK_ENCRYPTED = 33, /* u8, 0 | 1: the root filesystem's device is dm-crypt */
+};
+
+/* Attributes inside MT_A_FILE_FACT. */
+enum mt_fact_attr {
+	MT_F_PATH = 1,   /* text, absolute path 1..255 */
+	MT_F_SHA256 = 2, /* bytes, 32 */
 };
 
 /* Attributes inside MT_A_SEGMENT. */
@@ -141,6 +158,14 @@ enum mt_port_attr {
 #define MT_PROOF_MAX  64
 #define MT_COOKIE_LEN 16
 #define MT_WINDOW_MAX 0x7fffffffU
+
+#define MT_POSTURE_FILES_MAX 32
+#define MT_POSTURE_PROCS_MAX 32
+#define MT_PATH_MAX          255
+#define MT_PROCESS_MAX       64
+#define MT_KERNEL_MAX        64
+#define MT_OS_MAX            128
+#define MT_SHA256_LEN        32
 
 /* Header in host order. */
 struct mt_hdr {
@@ -269,6 +294,36 @@ struct mt_error {
 	struct mt_bytes message;
 };
 
+struct mt_file_fact {
+	struct mt_bytes path;
+	uint8_t sha256[MT_SHA256_LEN];
+};
+
+/*
+ * Paths and process names are unique within a message. Encode: files[nfiles],
+ * procs[nprocs]. Decode: NULL/0; walk attrs with wire_posture_next.
+ */
+struct mt_posture_query {
+	uint64_t version;
+	const struct mt_bytes *files;
+	uint16_t nfiles;
+	const struct mt_bytes *procs;
+	uint16_t nprocs;
+	struct mt_bytes attrs;
+};
+
+/* kernel and os are optional (len 0: not sent); disk_encrypted is 0 or 1. */
+struct mt_posture {
+	uint64_t version;
+	struct mt_bytes kernel, os;
+	uint8_t disk_encrypted;
+	const struct mt_file_fact *files;
+	uint16_t nfiles;
+	const struct mt_bytes *procs;
+	uint16_t nprocs;
+	struct mt_bytes attrs;
+};
+
 /* One frame, typed by hdr.type; hdr.len is set by encode and decode. */
 struct mt_msg {
 	struct mt_hdr hdr;
@@ -287,10 +342,12 @@ struct mt_msg {
 		struct mt_reset reset;
 		struct mt_ping ping;
 		struct mt_error error;
+		struct mt_posture_query posture_query;
+		struct mt_posture posture;
 	} u;
 };
 
-/* Iteration over a decoded CONFIG's segments and a segment's port ranges. */
+/* Iteration over the repeated attributes of a decoded message. */
 struct mt_iter {
 	const uint8_t *p, *end;
 };
@@ -349,6 +406,15 @@ void wire_config_segments(const struct mt_config *c, struct mt_iter *it);
 bool wire_segment_next(struct mt_iter *it, struct mt_segment *seg);
 void wire_segment_ranges(const struct mt_segment *seg, struct mt_iter *it);
 bool wire_range_next(struct mt_iter *it, struct mt_port_range *r);
+
+/*
+ * Walks the repeated attributes of a decoded (hence valid) POSTURE_QUERY or POSTURE:
+ * *type is MT_A_FILE or MT_A_PROCESS with *text set, or MT_A_FILE_FACT with *fact set
+ * (text or fact may be NULL: items of that kind are then skipped).
+ */
+void wire_posture_iter(const struct mt_bytes *attrs, struct mt_iter *it);
+bool wire_posture_next(struct mt_iter *it, uint16_t *type, struct mt_bytes *text,
+                       struct mt_file_fact *fact);
 
 /* Receiver's contiguity check of DATA seq: 0 and *expected advanced, or -EPROTO. */
 static inline int wire_seq_check(uint32_t *expected, uint32_t got)

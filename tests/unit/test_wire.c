@@ -413,6 +413,8 @@ static void names(void)
 	T_STREQ(wire_type_name(MT_HELLO), "HELLO");
 	T_STREQ(wire_type_name(MT_RESOLVE_REPLY), "RESOLVE_REPLY");
 	T_STREQ(wire_type_name(MT_ERROR), "ERROR");
+	T_STREQ(wire_type_name(MT_POSTURE_QUERY), "POSTURE_QUERY");
+	T_STREQ(wire_type_name(MT_POSTURE), "POSTURE");
 	T_STREQ(wire_type_name(0), "UNKNOWN");
 	T_STREQ(wire_type_name(200), "UNKNOWN");
 	T_STREQ(wire_status_name(MT_STATUS_OK), "ok");
@@ -1029,6 +1031,366 @@ static void config_too_big(void)
 	T_CHECK(wire_encode(big, sizeof(big), &m) > 0);
 }
 
+/* --- posture --- */
+
+static const uint8_t sha_a[MT_SHA256_LEN] = {
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
+
+static void rt_posture_query(void)
+{
+	const struct mt_bytes files[] = {S("/etc/mtun/marker"), S("/opt/edr/agent.conf")};
+	const struct mt_bytes procs[] = {S("sshd"), S("falcon-sensor")};
+	struct mt_msg m = {.hdr = {.type = MT_POSTURE_QUERY},
+	                   .u.posture_query = {.version = 0x0102030405060708ULL,
+	                                       .files = files,
+	                                       .nfiles = 2,
+	                                       .procs = procs,
+	                                       .nprocs = 2}},
+		      o;
+	struct mt_iter it;
+	struct mt_bytes t;
+	uint16_t type;
+	unsigned nf = 0, np = 0;
+
+	T_REQUIRE(round_trip(&m, &o) > 0);
+	T_CHECK(o.u.posture_query.version == 0x0102030405060708ULL);
+	T_CHECK(o.u.posture_query.files == NULL && o.u.posture_query.nfiles == 0);
+	T_CHECK(o.u.posture_query.procs == NULL && o.u.posture_query.nprocs == 0);
+	wire_posture_iter(&o.u.posture_query.attrs, &it);
+	while (wire_posture_next(&it, &type, &t, NULL)) {
+		if (type == MT_A_FILE) {
+			T_REQUIRE(nf < 2);
+			T_CHECK(t.len == files[nf].len && memcmp(t.p, files[nf].p, t.len) == 0);
+			nf++;
+		} else {
+			T_EQ(type, MT_A_PROCESS);
+			T_REQUIRE(np < 2);
+			T_CHECK(t.len == procs[np].len && memcmp(t.p, procs[np].p, t.len) == 0);
+			np++;
+		}
+	}
+	T_EQ(nf, 2);
+	T_EQ(np, 2);
+	/* An empty query is still a query: its version is what the report answers. */
+	m.u.posture_query = (struct mt_posture_query){.version = 9};
+	T_REQUIRE(round_trip(&m, &o) > 0);
+	T_CHECK(o.u.posture_query.version == 9 && o.u.posture_query.nfiles == 0);
+	wire_posture_iter(&o.u.posture_query.attrs, &it);
+	T_CHECK(!wire_posture_next(&it, &type, &t, NULL));
+}
+
+static void rt_posture(void)
+{
+	struct mt_file_fact facts[2] = {{.path = S("/etc/mtun/marker")},
+	                                {.path = S("/opt/edr/agent.conf")}};
+	const struct mt_bytes procs[] = {S("sshd")};
+	struct mt_msg m = {.hdr = {.type = MT_POSTURE},
+	                   .u.posture = {.version = 42,
+	                                 .kernel = S("6.18.0-1-amd64"),
+	                                 .os = S("Debian GNU/Linux 12 (bookworm)"),
+	                                 .disk_encrypted = 1,
+	                                 .files = facts,
+	                                 .nfiles = 2,
+	                                 .procs = procs,
+	                                 .nprocs = 1}},
+		      o;
+	struct mt_file_fact f;
+	struct mt_iter it;
+	struct mt_bytes t;
+	uint16_t type;
+	unsigned nf = 0, np = 0;
+
+	memcpy(facts[0].sha256, sha_a, sizeof(sha_a));
+	memset(facts[1].sha256, 0xab, sizeof(facts[1].sha256));
+	T_REQUIRE(round_trip(&m, &o) > 0);
+	T_CHECK(o.u.posture.version == 42);
+	T_CHECK(bytes_eq(o.u.posture.kernel, "6.18.0-1-amd64"));
+	T_CHECK(bytes_eq(o.u.posture.os, "Debian GNU/Linux 12 (bookworm)"));
+	T_EQ(o.u.posture.disk_encrypted, 1);
+	T_CHECK(o.u.posture.files == NULL && o.u.posture.nfiles == 0);
+	wire_posture_iter(&o.u.posture.attrs, &it);
+	while (wire_posture_next(&it, &type, &t, &f)) {
+		if (type == MT_A_FILE_FACT) {
+			T_REQUIRE(nf < 2);
+			T_CHECK(f.path.len == facts[nf].path.len &&
+			        memcmp(f.path.p, facts[nf].path.p, f.path.len) == 0);
+			T_CHECK(memcmp(f.sha256, facts[nf].sha256, MT_SHA256_LEN) == 0);
+			nf++;
+		} else {
+			T_EQ(type, MT_A_PROCESS);
+			T_CHECK(bytes_eq(t, "sshd"));
+			np++;
+		}
+	}
+	T_EQ(nf, 2);
+	T_EQ(np, 1);
+	/* Nothing found: no facts, no processes, no OS name; the rest is still reported. */
+	m.u.posture = (struct mt_posture){.version = 43, .kernel = S("6.1.0")};
+	T_REQUIRE(round_trip(&m, &o) > 0);
+	T_CHECK(o.u.posture.version == 43 && o.u.posture.disk_encrypted == 0);
+	T_CHECK(o.u.posture.os.len == 0);
+	wire_posture_iter(&o.u.posture.attrs, &it);
+	T_CHECK(!wire_posture_next(&it, &type, &t, &f));
+}
+
+/* A fact nested attribute: path then digest. */
+static size_t fact_attr(uint8_t *b, size_t at, const char *path, const uint8_t *sha,
+                        uint16_t sha_len)
+{
+	uint8_t in[512];
+	size_t n = attr(in, 0, MT_F_PATH, path, (uint16_t)strlen(path));
+
+	if (sha)
+		n = attr(in, n, MT_F_SHA256, sha, sha_len);
+	return attr(b, at, MT_A_FILE_FACT, in, (uint16_t)n);
+}
+
+static const uint8_t ver8[8] = {0, 0, 0, 0, 0, 0, 0, 5};
+
+/* Decodes a POSTURE(_QUERY) body and returns the reason of its refusal, or "accepted". */
+static const char *posture_why(uint8_t type, const uint8_t *body, size_t len)
+{
+	const char *why = NULL;
+	size_t n = raw_frame(buf, 1, type, 0, 0, 0, body, len);
+
+	if (refused(buf, n, &why) == 0)
+		return "accepted";
+	return why;
+}
+
+static void refuse_bad_posture_query(void)
+{
+	static uint8_t body[MT_FRAME_MAX];
+	char name[80];
+	size_t b;
+
+	b = attr(body, 0, MT_A_FILE, "/etc/x", 6);
+	T_STREQ(posture_why(MT_POSTURE_QUERY, body, b), "missing required attribute");
+	b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+	b = attr(body, b, MT_A_FILE, "etc/x", 5);
+	T_STREQ(posture_why(MT_POSTURE_QUERY, body, b), "file not an absolute path");
+	b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+	b = attr(body, b, MT_A_FILE, "", 0);
+	T_STREQ(posture_why(MT_POSTURE_QUERY, body, b), "file not an absolute path");
+	b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+	b = attr(body, b, MT_A_FILE, "/etc/\nx", 7);
+	T_STREQ(posture_why(MT_POSTURE_QUERY, body, b), "file not an absolute path");
+	memset(name, 'a', sizeof(name));
+	name[0] = '/';
+	b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+	for (unsigned i = 0; i < 5; i++)
+		b = attr(body, b, MT_A_FILE, name, 64); /* 5 x 64 bytes would pass; 256 not */
+	T_STREQ(posture_why(MT_POSTURE_QUERY, body, b), "duplicate file");
+	{
+		uint8_t longp[256];
+
+		memset(longp, 'a', sizeof(longp));
+		longp[0] = '/';
+		b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+		b = attr(body, b, MT_A_FILE, longp, 255);
+		T_STREQ(posture_why(MT_POSTURE_QUERY, body, b), "accepted");
+		b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+		b = attr(body, b, MT_A_FILE, longp, 256);
+		T_STREQ(posture_why(MT_POSTURE_QUERY, body, b), "file not an absolute path");
+	}
+	b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+	b = attr(body, b, MT_A_PROCESS, name, 65);
+	T_STREQ(posture_why(MT_POSTURE_QUERY, body, b), "bad process name");
+	b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+	b = attr(body, b, MT_A_PROCESS, "sshd", 4);
+	b = attr(body, b, MT_A_PROCESS, "sshd", 4);
+	T_STREQ(posture_why(MT_POSTURE_QUERY, body, b), "duplicate process");
+	/* 32 files and 32 processes are the bound; one more of either is refused. */
+	b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+	for (unsigned i = 0; i < 32; i++) {
+		int l = snprintf(name, sizeof(name), "/f%u", i);
+
+		b = attr(body, b, MT_A_FILE, name, (uint16_t)l);
+		l = snprintf(name, sizeof(name), "p%u", i);
+		b = attr(body, b, MT_A_PROCESS, name, (uint16_t)l);
+	}
+	T_STREQ(posture_why(MT_POSTURE_QUERY, body, b), "accepted");
+	T_STREQ(posture_why(MT_POSTURE_QUERY, body, attr(body, b, MT_A_FILE, "/f32", 4)),
+	        "more than 32 files");
+	T_STREQ(posture_why(MT_POSTURE_QUERY, body, attr(body, b, MT_A_PROCESS, "p32", 3)),
+	        "more than 32 processes");
+	/* A fact has no place in a query. */
+	b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+	b = attr(body, b, MT_A_KERNEL, "6.1", 3);
+	T_STREQ(posture_why(MT_POSTURE_QUERY, body, b), "posture fact in a posture query");
+	/* On a mtunnel id, it is refused by the header rules. */
+	b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+	{
+		const char *why;
+		size_t n = raw_frame(buf, 1, MT_POSTURE_QUERY, 0, 3, 0, body, b);
+
+		T_EQ(refused(buf, n, &why), -EPROTO);
+		T_STREQ(why, "control frame on a non-zero mtunnel id");
+	}
+}
+
+/* A valid POSTURE body: version and disk encryption; returns its length. */
+static size_t posture_base(uint8_t *body)
+{
+	const uint8_t one = 1;
+	size_t b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+
+	return attr(body, b, MT_A_DISK_ENCRYPTED, &one, 1);
+}
+
+static void refuse_bad_posture(void)
+{
+	static uint8_t body[MT_FRAME_MAX];
+	const uint8_t two = 2;
+	char name[200];
+	size_t b, base;
+
+	base = posture_base(body);
+	T_STREQ(posture_why(MT_POSTURE, body, base), "accepted");
+	T_STREQ(posture_why(MT_POSTURE, body, attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8)),
+	        "missing required attribute");
+	b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+	b = attr(body, b, MT_A_DISK_ENCRYPTED, &two, 1);
+	T_STREQ(posture_why(MT_POSTURE, body, b), "disk encryption not 0 or 1");
+	b = attr(body, 0, MT_A_CONFIG_VERSION, ver8, 8);
+	b = attr(body, b, MT_A_DISK_ENCRYPTED, "\0\0", 2);
+	T_STREQ(posture_why(MT_POSTURE, body, b), "bad attribute length");
+	b = attr(body, posture_base(body), MT_A_DISK_ENCRYPTED, "\1", 1);
+	T_STREQ(posture_why(MT_POSTURE, body, b), "duplicate attribute");
+	memset(name, 'a', sizeof(name));
+	T_STREQ(
+	    posture_why(MT_POSTURE, body, attr(body, posture_base(body), MT_A_KERNEL, name, 64)),
+	    "accepted");
+	T_STREQ(
+	    posture_why(MT_POSTURE, body, attr(body, posture_base(body), MT_A_KERNEL, name, 65)),
+	    "bad kernel release");
+	T_STREQ(posture_why(MT_POSTURE, body,
+	                    attr(body, posture_base(body), MT_A_KERNEL, "6.1\x01", 4)),
+	        "bad kernel release");
+	T_STREQ(posture_why(MT_POSTURE, body, attr(body, posture_base(body), MT_A_OS, name, 128)),
+	        "accepted");
+	T_STREQ(posture_why(MT_POSTURE, body, attr(body, posture_base(body), MT_A_OS, name, 129)),
+	        "bad OS name");
+	T_STREQ(posture_why(MT_POSTURE, body, attr(body, posture_base(body), MT_A_OS, "", 0)),
+	        "bad OS name");
+	/* Facts: a path and exactly 32 bytes of digest, each once. */
+	T_STREQ(
+	    posture_why(MT_POSTURE, body, fact_attr(body, posture_base(body), "/etc/x", sha_a, 32)),
+	    "accepted");
+	T_STREQ(
+	    posture_why(MT_POSTURE, body, fact_attr(body, posture_base(body), "/etc/x", sha_a, 31)),
+	    "SHA-256 not 32 bytes");
+	T_STREQ(
+	    posture_why(MT_POSTURE, body, fact_attr(body, posture_base(body), "/etc/x", NULL, 0)),
+	    "missing required attribute");
+	T_STREQ(posture_why(MT_POSTURE, body, fact_attr(body, posture_base(body), "x", sha_a, 32)),
+	        "file not an absolute path");
+	b = fact_attr(body, posture_base(body), "/etc/x", sha_a, 32);
+	T_STREQ(posture_why(MT_POSTURE, body, fact_attr(body, b, "/etc/x", sha_a, 32)),
+	        "duplicate file");
+	b = posture_base(body);
+	for (unsigned i = 0; i < 32; i++) {
+		snprintf(name, sizeof(name), "/f%u", i);
+		b = fact_attr(body, b, name, sha_a, 32);
+	}
+	T_STREQ(posture_why(MT_POSTURE, body, b), "accepted");
+	T_STREQ(posture_why(MT_POSTURE, body, fact_attr(body, b, "/f32", sha_a, 32)),
+	        "more than 32 files");
+	/* A query item has no place in a report. */
+	T_STREQ(
+	    posture_why(MT_POSTURE, body, attr(body, posture_base(body), MT_A_FILE, "/etc/x", 6)),
+	    "posture query item in a posture report");
+	/* A truncated nested fact is refused, not read past. */
+	b = fact_attr(body, posture_base(body), "/etc/x", sha_a, 32);
+	body[posture_base(body) + 3] = (uint8_t)(body[posture_base(body) + 3] + 1);
+	T_STREQ(posture_why(MT_POSTURE, body, b), "attribute longer than its message");
+}
+
+/* The encoder refuses what a receiver would. */
+static void posture_encode_rules(void)
+{
+	struct mt_bytes files[33], procs[2] = {S("sshd"), S("sshd")};
+	struct mt_file_fact facts[2] = {{.path = S("/a")}, {.path = S("/a")}};
+	static char names[33][8];
+	struct mt_msg m = {.hdr = {.type = MT_POSTURE_QUERY}};
+
+	for (unsigned i = 0; i < 33; i++) {
+		snprintf(names[i], sizeof(names[i]), "/f%u", i);
+		files[i] = S(names[i]);
+	}
+	m.u.posture_query = (struct mt_posture_query){.files = files, .nfiles = 32};
+	T_CHECK(wire_encode(buf, sizeof(buf), &m) > 0);
+	m.u.posture_query.nfiles = 33;
+	T_EQ(wire_encode(buf, sizeof(buf), &m), -EINVAL);
+	m.u.posture_query = (struct mt_posture_query){.procs = procs, .nprocs = 2};
+	T_EQ(wire_encode(buf, sizeof(buf), &m), -EINVAL);
+	m.u.posture_query = (struct mt_posture_query){.files = NULL, .nfiles = 1};
+	T_EQ(wire_encode(buf, sizeof(buf), &m), -EINVAL);
+	m.u.posture_query =
+	    (struct mt_posture_query){.files = (struct mt_bytes[]){S("rel")}, .nfiles = 1};
+	T_EQ(wire_encode(buf, sizeof(buf), &m), -EINVAL);
+	m.hdr.type = MT_POSTURE;
+	m.u.posture = (struct mt_posture){.files = facts, .nfiles = 2};
+	T_EQ(wire_encode(buf, sizeof(buf), &m), -EINVAL);
+	m.u.posture = (struct mt_posture){.disk_encrypted = 2};
+	T_EQ(wire_encode(buf, sizeof(buf), &m), -EINVAL);
+	m.u.posture = (struct mt_posture){.os = S("Debian\t12")};
+	T_EQ(wire_encode(buf, sizeof(buf), &m), -EINVAL);
+	m.u.posture = (struct mt_posture){.kernel = S("6.1"), .os = S("Debian 12")};
+	T_CHECK(wire_encode(buf, sizeof(buf), &m) > 0);
+	/* The largest report fits in one frame. */
+	{
+		static struct mt_file_fact big[32];
+		static struct mt_bytes bp[32];
+		static char paths[32][256], pn[32][65];
+		static char os[129], kern[65];
+
+		for (unsigned i = 0; i < 32; i++) {
+			memset(paths[i], 'a', 255);
+			paths[i][0] = '/';
+			paths[i][1] = (char)('A' + i);
+			big[i].path = (struct mt_bytes){(const uint8_t *)paths[i], 255};
+			memset(pn[i], 'p', 64);
+			pn[i][0] = (char)('A' + i);
+			bp[i] = (struct mt_bytes){(const uint8_t *)pn[i], 64};
+		}
+		memset(os, 'o', 128);
+		memset(kern, 'k', 64);
+		m.u.posture = (struct mt_posture){.kernel = {(const uint8_t *)kern, 64},
+		                                  .os = {(const uint8_t *)os, 128},
+		                                  .files = big,
+		                                  .nfiles = 32,
+		                                  .procs = bp,
+		                                  .nprocs = 32};
+		T_CHECK(wire_encode(buf, sizeof(buf), &m) > 0);
+	}
+}
+
+/* The iterator hands out only checked items, even from a body it was not decoded from. */
+static void posture_iter_checks(void)
+{
+	uint8_t body[256];
+	struct mt_bytes attrs, t;
+	struct mt_file_fact f;
+	struct mt_iter it;
+	uint16_t type;
+	size_t b;
+
+	b = attr(body, 0, MT_A_FILE, "rel", 3);
+	b = fact_attr(body, b, "/x", sha_a, 31);
+	b = attr(body, b, MT_A_PROCESS, "ok", 2);
+	attrs = (struct mt_bytes){body, (uint16_t)b};
+	wire_posture_iter(&attrs, &it);
+	T_CHECK(wire_posture_next(&it, &type, &t, &f));
+	T_EQ(type, MT_A_PROCESS);
+	T_CHECK(bytes_eq(t, "ok"));
+	T_CHECK(!wire_posture_next(&it, &type, &t, &f));
+	attrs = (struct mt_bytes){NULL, 0};
+	wire_posture_iter(&attrs, &it);
+	T_CHECK(!wire_posture_next(&it, &type, &t, &f));
+}
+
 struct sample {
 	const char *name;
 	struct mt_msg m;
@@ -1039,6 +1401,8 @@ static size_t samples(struct sample *out, size_t max)
 {
 	static const struct mt_port_range r[] = {{MT_PROTO_TCP, 22, 22}, {MT_PROTO_UDP, 53, 54}};
 	static struct mt_segment segs[3];
+	static struct mt_bytes pq_files[2], pq_procs[2];
+	static struct mt_file_fact facts[1];
 	const struct mt_segment init[] = {
 	    {.id = 1,
 	     .kind = MT_SEG_FQDN,
@@ -1128,10 +1492,30 @@ static size_t samples(struct sample *out, size_t max)
 	    {"error",
 	     {.hdr = {.type = MT_ERROR},
 	      .u.error = {.code = MT_STATUS_PROTOCOL, .message = S("bad frame")}}},
+	    {"posture_query",
+	     {.hdr = {.type = MT_POSTURE_QUERY},
+	      .u.posture_query =
+	          {.version = 7, .files = pq_files, .nfiles = 2, .procs = pq_procs, .nprocs = 2}}},
+	    {"posture",
+	     {.hdr = {.type = MT_POSTURE},
+	      .u.posture = {.version = 7,
+	                    .kernel = S("6.18.0-1-amd64"),
+	                    .os = S("Debian GNU/Linux 12 (bookworm)"),
+	                    .disk_encrypted = 1,
+	                    .files = facts,
+	                    .nfiles = 1,
+	                    .procs = pq_procs,
+	                    .nprocs = 1}}},
 	};
 	size_t n = sizeof(seeds) / sizeof(seeds[0]);
 
 	memcpy(segs, init, sizeof(segs));
+	pq_files[0] = S("/etc/mtun/marker");
+	pq_files[1] = S("/opt/edr/agent.conf");
+	pq_procs[0] = S("sshd");
+	pq_procs[1] = S("falcon-sensor");
+	facts[0].path = pq_files[0];
+	memcpy(facts[0].sha256, sha_a, sizeof(sha_a));
 	if (n > max)
 		return 0;
 	memcpy(out, seeds, sizeof(seeds));
@@ -1170,6 +1554,38 @@ static void reencode_identical(void)
 				ns++;
 			}
 			o.u.config.segs = segs;
+		}
+		if (o.hdr.type == MT_POSTURE_QUERY || o.hdr.type == MT_POSTURE) {
+			/* Walked back into arrays too: files, facts and processes in order. */
+			static struct mt_bytes fl[32], pl[32];
+			static struct mt_file_fact ff[32];
+			unsigned nf = 0, np = 0, nff = 0;
+			struct mt_iter it;
+			struct mt_bytes t;
+			uint16_t type;
+			bool q = o.hdr.type == MT_POSTURE_QUERY;
+
+			wire_posture_iter(q ? &o.u.posture_query.attrs : &o.u.posture.attrs, &it);
+			while (nf < 32 && np < 32 && nff < 32 &&
+			       wire_posture_next(&it, &type, &t, &ff[nff])) {
+				if (type == MT_A_FILE)
+					fl[nf++] = t;
+				else if (type == MT_A_PROCESS)
+					pl[np++] = t;
+				else
+					nff++;
+			}
+			if (q) {
+				o.u.posture_query.files = fl;
+				o.u.posture_query.nfiles = (uint16_t)nf;
+				o.u.posture_query.procs = pl;
+				o.u.posture_query.nprocs = (uint16_t)np;
+			} else {
+				o.u.posture.files = ff;
+				o.u.posture.nfiles = (uint16_t)nff;
+				o.u.posture.procs = pl;
+				o.u.posture.nprocs = (uint16_t)np;
+			}
 		}
 		n2 = wire_encode(buf2, sizeof(buf2), &o);
 		if (n2 != n || memcmp(buf, buf2, (size_t)n) != 0)
@@ -1251,5 +1667,11 @@ int main(void)
 	T_RUN(encode_nospace);
 	T_RUN(config_too_big);
 	T_RUN(reencode_identical);
+	T_RUN(rt_posture_query);
+	T_RUN(rt_posture);
+	T_RUN(refuse_bad_posture_query);
+	T_RUN(refuse_bad_posture);
+	T_RUN(posture_encode_rules);
+	T_RUN(posture_iter_checks);
 	return t_done();
 }
