@@ -10,6 +10,7 @@
 
 #include "ident.h"
 #include "segment.h"
+#include "wire.h"
 
 /* pool.c */
 
@@ -152,6 +153,66 @@ int dns_stub_timer(struct dns_stub *stub, uint64_t now, uint8_t *out, size_t out
 uint64_t dns_stub_next_deadline(const struct dns_stub *stub);
 size_t dns_stub_pending(const struct dns_stub *stub);
 
+/* posture.c */
+
+/*
+ * Device posture facts for the broker's POSTURE_QUERY: kernel release, OS name, disk
+ * encryption of the root device, the SHA-256 of each queried regular file, which queried
+ * process names run. Everything is read under a root prefix ("" or NULL: the machine;
+ * tests point it at a fake tree holding proc/, sys/, etc/ and the queried files). Files
+ * are re-hashed only when stat says they changed.
+ */
+#define POSTURE_INTERVAL_DEFAULT_MS 2000
+#define POSTURE_HASH_MAX            (256ULL << 20) /* a larger file is reported absent */
+
+struct posture_facts {
+	uint64_t version;               /* the query answered */
+	char kernel[MT_KERNEL_MAX + 1]; /* "" unknown */
+	char os[MT_OS_MAX + 1];         /* "" unknown */
+	bool disk_encrypted;
+	unsigned nfiles, nprocs; /* present files, running processes */
+	unsigned files_asked, procs_asked;
+	struct {
+		char path[MT_PATH_MAX + 1];
+		uint8_t sha256[MT_SHA256_LEN];
+	} files[MT_POSTURE_FILES_MAX];
+	char procs[MT_POSTURE_PROCS_MAX][MT_PROCESS_MAX + 1];
+};
+
+/* A POSTURE frame's body built from facts: views point into the facts. */
+struct posture_msg {
+	struct mt_msg m;
+	struct mt_file_fact files[MT_POSTURE_FILES_MAX];
+	struct mt_bytes procs[MT_POSTURE_PROCS_MAX];
+};
+
+struct posture;
+
+/* root: the prefix for every path read; NULL or "" for the machine. -ENOMEM, -EINVAL. */
+int posture_new(const char *root, struct posture **out);
+void posture_free(struct posture *p);
+/* Takes the files and processes of a decoded (valid) POSTURE_QUERY; the cache of a file
+ * still asked for is kept. 0 or -EINVAL. */
+int posture_set_query(struct posture *p, const struct mt_posture_query *q);
+/* Collects every fact now. Files unchanged since the last call are not read again. */
+void posture_collect(struct posture *p, struct posture_facts *f);
+bool posture_facts_equal(const struct posture_facts *a, const struct posture_facts *b);
+void posture_facts_msg(const struct posture_facts *f, struct posture_msg *out);
+/* Files hashed so far (the rest were unchanged): for tests and debugging. */
+unsigned long posture_hashes(const struct posture *p);
+/* kernel="..." os="..." disk_encrypted=N files=N/M processes=N/M, for the event log. */
+void posture_facts_summary(const struct posture_facts *f, char *buf, size_t size);
+
+/* The single facts, exposed for tests; root as above. */
+int posture_kernel(const char *root, char *out, size_t size);
+/* PRETTY_NAME of an os-release text (shell-like quoting), bytes outside 0x20..0x7e as '?'. */
+int posture_parse_os_release(const char *text, size_t len, char *out, size_t size);
+int posture_os(const char *root, char *out, size_t size);
+/* 1 encrypted, 0 not, -errno when the root device cannot be found. */
+int posture_disk_encrypted(const char *root);
+/* 1 when a process of that name (comm or exe basename) runs, 0 not, -errno. */
+int posture_process_running(const char *root, const char *name);
+
 /*
  * tunnel.c: the agent's broker session, shared by forward and run: it keeps the session
  * up (redial with backoff), carries each local TCP connection as one mtunnel (OPEN, then
@@ -167,6 +228,8 @@ struct tunnel_conf {
 	const char *state;           /* the enrolled identity's directory */
 	const char *identity_source; /* NULL: the machine's (or $MTUN_IDENTITY_SOURCE) */
 	uint32_t window;             /* per-mtunnel receive window; 0: the default */
+	/* Posture re-check period (POSTURE_INTERVAL_DEFAULT_MS); 0: answer queries only. */
+	uint32_t posture_interval_ms;
 };
 
 struct tunnel_ops {

@@ -61,16 +61,18 @@ int forward_main(int argc, char **argv)
 	    {"listen", required_argument, NULL, 'l'},
 	    {"to", required_argument, NULL, 't'},
 	    {"window", required_argument, NULL, 'w'},
+	    {"posture-interval", required_argument, NULL, 'p'},
 	    {"log-level", required_argument, NULL, 'v'},
 	    {NULL, 0, NULL, 0},
 	};
 	const char *broker = NULL, *state = NULL, *listen_at = NULL, *to = NULL, *why = NULL;
 	const char *idsrc = getenv(DEVICE_SOURCE_ENV);
 	struct fwd f = {.lfd = -1};
-	struct tunnel_conf tc = {.window = TUNNEL_WINDOW_DEFAULT};
+	struct tunnel_conf tc = {.window = TUNNEL_WINDOW_DEFAULT,
+	                         .posture_interval_ms = POSTURE_INTERVAL_DEFAULT_MS};
 	enum log_level lvl;
 	sigset_t sigs;
-	uint64_t win;
+	uint64_t win, ms;
 	int c, ret = -EINVAL;
 
 	optind = 1;
@@ -99,6 +101,15 @@ int forward_main(int argc, char **argv)
 			}
 			tc.window = (uint32_t)win;
 			break;
+		case 'p':
+			if (conf_parse_duration(optarg, &ms, &why) < 0 || (ms && ms < 100) ||
+			    ms > 3600000) {
+				log_warnx("--posture-interval %s: %s", optarg,
+				          why ? why : "0 (off) or 100ms..1h");
+				return -EINVAL;
+			}
+			tc.posture_interval_ms = (uint32_t)ms;
+			break;
 		case 'v':
 			if (log_parse_level(optarg, &lvl) < 0)
 				return -EINVAL;
@@ -110,7 +121,8 @@ int forward_main(int argc, char **argv)
 	}
 	if (!broker || !state || !listen_at || !to || optind != argc) {
 		log_warnx("usage: mtun-agent forward --broker HOST:PORT --state DIR --listen "
-		          "ADDR:PORT --to HOST:PORT [--identity-source DIR] [--window SIZE]");
+		          "ADDR:PORT --to HOST:PORT [--identity-source DIR] [--window SIZE] "
+		          "[--posture-interval DURATION]");
 		return -EINVAL;
 	}
 	if (conf_parse_hostport(to, &f.to, &why) < 0) {

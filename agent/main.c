@@ -36,7 +36,7 @@ static const struct cli_cmd cmds[] = {
      "renew over mTLS when due [--state DIR] [--force] [--watch: keep renewing]"},
     {"forward", cmd_forward,
      "--broker HOST:PORT --state DIR --listen ADDR:PORT --to HOST:PORT [--identity-source DIR] "
-     "[--window SIZE]"},
+     "[--window SIZE] [--posture-interval DURATION]"},
     {"run", cmd_run,
      "--config FILE [--cgroup DIR] [--log-level LEVEL]: intercept DNS and connections of the "
      "cgroup (default: the cgroup v2 root) and carry them as mtunnels; the file's keys: "

@@ -773,6 +773,7 @@ struct run_opts {
 	bool has_resolver;
 	int64_t tcp_port, dns_port, mark;
 	uint64_t window;
+	uint64_t posture_interval_ms;
 };
 
 static int run_load_conf(struct conf *c, const char *path, struct run_opts *o)
@@ -797,6 +798,8 @@ static int run_load_conf(struct conf *c, const char *path, struct run_opts *o)
 	    (err = conf_get_int(c, "agent.mark", CONF_OPTIONAL, 0, UINT32_MAX, &o->mark)) < 0 ||
 	    (err = conf_get_size(c, "agent.window", CONF_OPTIONAL, MT_FRAME_MAX_PAYLOAD,
 	                         MT_WINDOW_MAX, &o->window)) < 0 ||
+	    (err = conf_get_duration(c, "agent.posture_interval", CONF_OPTIONAL, 0, 3600000,
+	                             &o->posture_interval_ms)) < 0 ||
 	    (err = conf_get_cidr(c, "agent.synthetic_range", CONF_OPTIONAL, &o->pool)) < 0 ||
 	    (err = conf_get_strv(c, "agent.search", CONF_OPTIONAL, &search, &n)) < 0)
 		return err;
@@ -810,6 +813,11 @@ static int run_load_conf(struct conf *c, const char *path, struct run_opts *o)
 			return -EINVAL;
 		}
 		o->has_resolver = true;
+	}
+	if (o->posture_interval_ms && o->posture_interval_ms < 100) {
+		log_warnx("%s: agent.posture_interval: 0 (off) or at least 100ms", path);
+		free(search);
+		return -EINVAL;
 	}
 	if (n > DNS_SEARCH_MAX) {
 		log_warnx("%s: agent.search: at most %d domains", path, DNS_SEARCH_MAX);
@@ -825,30 +833,32 @@ static int run_load_conf(struct conf *c, const char *path, struct run_opts *o)
 
 static void run_usage(FILE *f)
 {
-	fprintf(f,
-	        "usage: mtun-agent run --config FILE [--cgroup DIR] [--log-level LEVEL]\n"
-	        "\n"
-	        "Attaches the interception programs to the cgroup v2 DIR (default: the root of\n"
-	        "the cgroup v2 mount), answers DNS for the forwarding set the broker sends and\n"
-	        "carries connections to it as mtunnels. SIGTERM or SIGINT detaches everything.\n"
-	        "\n"
-	        "FILE (libconfig):\n"
-	        "  agent = {\n"
-	        "    broker = \"HOST:PORT\";            # required\n"
-	        "    state = \"DIR\";                   # required: the enrolled identity\n"
-	        "    identity_source = \"DIR\";         # the machine identity (tests, labs)\n"
-	        "    cgroup = \"DIR\";                  # overridden by --cgroup\n"
-	        "    pin_root = \"DIR\";                # a bpffs (default /sys/fs/bpf, mounted)\n"
-	        "    instance = \"agent\";              # pins under PIN_ROOT/mtun/INSTANCE\n"
-	        "    listen_port = 15001;             # TCP listener on 127.0.0.1\n"
-	        "    dns_port = 15053;                # DNS stub, UDP+TCP (0: no DNS)\n"
-	        "    resolver = \"IP:53\";              # upstream when a query's is unknown\n"
-	        "    synthetic_range = \"100.64.0.0/10\";\n"
-	        "    search = [ \"corp.example\" ];     # search domains of single labels\n"
-	        "    mark = 1836348782;               # SO_MARK exempting the agent's sockets\n"
-	        "    window = \"256k\";                 # per-mtunnel receive window\n"
-	        "    status_file = \"" RUN_STATUS_DEFAULT "\";\n"
-	        "  };\n");
+	fprintf(
+	    f,
+	    "usage: mtun-agent run --config FILE [--cgroup DIR] [--log-level LEVEL]\n"
+	    "\n"
+	    "Attaches the interception programs to the cgroup v2 DIR (default: the root of\n"
+	    "the cgroup v2 mount), answers DNS for the forwarding set the broker sends and\n"
+	    "carries connections to it as mtunnels. SIGTERM or SIGINT detaches everything.\n"
+	    "\n"
+	    "FILE (libconfig):\n"
+	    "  agent = {\n"
+	    "    broker = \"HOST:PORT\";            # required\n"
+	    "    state = \"DIR\";                   # required: the enrolled identity\n"
+	    "    identity_source = \"DIR\";         # the machine identity (tests, labs)\n"
+	    "    cgroup = \"DIR\";                  # overridden by --cgroup\n"
+	    "    pin_root = \"DIR\";                # a bpffs (default /sys/fs/bpf, mounted)\n"
+	    "    instance = \"agent\";              # pins under PIN_ROOT/mtun/INSTANCE\n"
+	    "    listen_port = 15001;             # TCP listener on 127.0.0.1\n"
+	    "    dns_port = 15053;                # DNS stub, UDP+TCP (0: no DNS)\n"
+	    "    resolver = \"IP:53\";              # upstream when a query's is unknown\n"
+	    "    synthetic_range = \"100.64.0.0/10\";\n"
+	    "    search = [ \"corp.example\" ];     # search domains of single labels\n"
+	    "    mark = 1836348782;               # SO_MARK exempting the agent's sockets\n"
+	    "    window = \"256k\";                 # per-mtunnel receive window\n"
+	    "    posture_interval = \"2s\";         # posture re-checks (\"0s\": on queries only)\n"
+	    "    status_file = \"" RUN_STATUS_DEFAULT "\";\n"
+	    "  };\n");
 }
 
 int run_main(int argc, char **argv)
@@ -864,7 +874,8 @@ int run_main(int argc, char **argv)
 	                     .dns_port = RUN_DNS_PORT_DEFAULT,
 	                     .mark = RUN_MARK_DEFAULT,
 	                     .instance = "agent",
-	                     .status_file = RUN_STATUS_DEFAULT};
+	                     .status_file = RUN_STATUS_DEFAULT,
+	                     .posture_interval_ms = POSTURE_INTERVAL_DEFAULT_MS};
 	struct agent_run a = {.tcp_fd = -1, .dns_fd = -1, .dns_tcp_fd = -1};
 	struct pool_config pc;
 	struct dns_stub_config dc;
@@ -1011,6 +1022,7 @@ int run_main(int argc, char **argv)
 	tc.state = o.state;
 	tc.identity_source = o.idsrc ? o.idsrc : getenv(DEVICE_SOURCE_ENV);
 	tc.window = (uint32_t)o.window;
+	tc.posture_interval_ms = (uint32_t)o.posture_interval_ms;
 	ret = tunnel_new(a.ring, &tc, &run_tunnel_ops, &a, &a.t);
 	if (ret < 0)
 		goto out;

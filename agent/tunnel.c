@@ -1,7 +1,8 @@
 /*
  * The agent's broker session, shared by forward mode and the intercepting daemon: one
  * mTLS control session kept up by the dialer, an mtunnel (OPEN + lib/stream) per local
- * connection, the forwarding set from CONFIG and RESOLVE for the DNS stub.
+ * connection, the forwarding set from CONFIG, RESOLVE for the DNS stub, and POSTURE
+ * answers to the broker's POSTURE_QUERY.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -52,6 +53,13 @@ struct tunnel {
 	struct segset *cfg_new;
 	uint64_t cfg_new_version, cfg_version;
 	uint32_t cfg_nseg;
+	/* Posture: asked on this session, last facts sent, the re-check timer. */
+	struct posture *posture;
+	uint32_t posture_interval_ms;
+	bool posture_asked, posture_unsent, posture_timer_on;
+	const char *posture_why; /* of the unsent facts */
+	ring_timer_t posture_timer;
+	struct posture_facts posture_sent, posture_now;
 };
 
 static struct tconn *tunnel_find(struct tunnel *t, uint32_t id)
@@ -216,6 +224,78 @@ static void tunnel_on_resolve_reply(struct tunnel *t, const uint8_t *frame, size
 		                    m.u.resolve_reply.ttl, reason, t->arg);
 }
 
+/* Sends the facts in t->posture_now; kept for on_writable when the session is full. */
+static void tunnel_posture_send(struct tunnel *t, const char *why)
+{
+	struct posture_msg pm;
+	char sum[512];
+	int ret;
+
+	posture_facts_msg(&t->posture_now, &pm);
+	ret = session_send_msg(t->s, &pm.m);
+	if (ret == -EAGAIN) {
+		t->posture_unsent = true;
+		t->posture_why = why;
+		return;
+	}
+	t->posture_unsent = false;
+	if (ret < 0) {
+		log_warnx("POSTURE: %s", strerror(-ret));
+		return;
+	}
+	t->posture_sent = t->posture_now;
+	posture_facts_summary(&t->posture_now, sum, sizeof(sum));
+	log_event(LOG_LVL_INFO, "agent.posture.sent", "version=%llu why=%s %s",
+	          (unsigned long long)t->posture_now.version, why, sum);
+}
+
+static void tunnel_posture_tick(struct ring *ring, void *arg);
+
+static void tunnel_posture_arm(struct tunnel *t)
+{
+	if (t->posture_timer_on || !t->posture_interval_ms)
+		return;
+	if (ring_timer_add(t->ring, (uint64_t)t->posture_interval_ms * 1000000, tunnel_posture_tick,
+	                   t, &t->posture_timer) < 0) {
+		log_warnx("posture: no timer, facts are sent on queries only");
+		return;
+	}
+	t->posture_timer_on = true;
+}
+
+static void tunnel_posture_tick(struct ring *ring, void *arg)
+{
+	struct tunnel *t = arg;
+
+	t->posture_timer_on = false;
+	if (!t->s || !t->posture_asked)
+		return;
+	if (!t->posture_unsent) {
+		posture_collect(t->posture, &t->posture_now);
+		if (!posture_facts_equal(&t->posture_now, &t->posture_sent))
+			tunnel_posture_send(t, "change");
+	}
+	tunnel_posture_arm(t);
+}
+
+static void tunnel_on_posture_query(struct tunnel *t, const uint8_t *frame, size_t len)
+{
+	struct mt_msg m;
+	const char *why;
+
+	if (wire_decode(frame, len, &m, &why) < 0)
+		return;
+	if (posture_set_query(t->posture, &m.u.posture_query) < 0) {
+		log_warnx("POSTURE_QUERY version %llu: not taken",
+		          (unsigned long long)m.u.posture_query.version);
+		return;
+	}
+	t->posture_asked = true;
+	posture_collect(t->posture, &t->posture_now);
+	tunnel_posture_send(t, "query");
+	tunnel_posture_arm(t);
+}
+
 static void tunnel_on_frame(struct session *s, struct mt_hdr *hdr, uint8_t *frame, size_t len,
                             void *arg)
 {
@@ -227,6 +307,8 @@ static void tunnel_on_frame(struct session *s, struct mt_hdr *hdr, uint8_t *fram
 			tunnel_on_config(t, hdr, frame, len);
 		else if (hdr->type == MT_RESOLVE_REPLY)
 			tunnel_on_resolve_reply(t, frame, len);
+		else if (hdr->type == MT_POSTURE_QUERY)
+			tunnel_on_posture_query(t, frame, len);
 		else
 			log_debug("%s on id 0: ignored", wire_type_name(hdr->type));
 		return;
@@ -256,6 +338,8 @@ static void tunnel_on_writable(struct session *s, void *arg)
 	struct tunnel *t = arg;
 	struct tconn *c, *n;
 
+	if (t->posture_unsent)
+		tunnel_posture_send(t, t->posture_why);
 	for (c = t->conns; c; c = n) {
 		n = c->next;
 		stream_on_writable(c->st);
@@ -277,6 +361,9 @@ static void tunnel_on_closed(struct session *s, const char *reason, enum mt_stat
 	}
 	t->s = NULL;
 	t->broker_id[0] = '\0';
+	/* A new session gets its own query; until then nothing is sent. */
+	t->posture_asked = false;
+	t->posture_unsent = false;
 	segset_free(t->cfg_new);
 	t->cfg_new = NULL;
 	while (t->conns)
@@ -334,6 +421,10 @@ int tunnel_new(struct ring *ring, const struct tunnel_conf *cfg, const struct tu
 	t->arg = arg;
 	t->window = cfg->window ? cfg->window : TUNNEL_WINDOW_DEFAULT;
 	t->next_id = 1;
+	t->posture_interval_ms = cfg->posture_interval_ms;
+	ret = posture_new(NULL, &t->posture);
+	if (ret < 0)
+		goto fail;
 	ret = tunnel_resolve_broker(cfg->broker, &baddr, &blen);
 	if (ret < 0)
 		goto fail;
@@ -379,6 +470,7 @@ int tunnel_new(struct ring *ring, const struct tunnel_conf *cfg, const struct tu
 		    .sess = {.bufs = t->bufs,
 		             .role = MT_ROLE_AGENT,
 		             .kind = MT_SESSION_CONTROL,
+		             .caps = MT_CAP_POSTURE,
 		             .device_id = t->idn.ident.device},
 		};
 
@@ -507,6 +599,11 @@ void tunnel_shutdown(struct tunnel *t)
 		t->d = NULL;
 	}
 	t->s = NULL;
+	/* 0 or -ENOENT (it ran): either way it will not run again; the ring may go next. */
+	if (t->posture_timer_on)
+		ring_timer_cancel(t->ring, t->posture_timer);
+	t->posture_timer_on = false;
+	t->posture_asked = false;
 }
 
 void tunnel_free(struct tunnel *t)
@@ -515,6 +612,9 @@ void tunnel_free(struct tunnel *t)
 		return;
 	if (t->d)
 		session_dial_stop(t->d);
+	if (t->posture_timer_on)
+		ring_timer_cancel(t->ring, t->posture_timer);
+	posture_free(t->posture);
 	segset_free(t->cfg_new);
 	tls_ctx_free(t->ctx);
 	sk_X509_free(t->anchors);
