@@ -207,12 +207,21 @@ void admin_decide(const struct admin_snapshot *s, struct admin_dcache *c,
                   const struct policy_subject *subj, const char *name, uint8_t proto, uint16_t port,
                   time_t now, struct admin_decision *out);
 
+/*
+ * Live mtunnels as JSON {"items": [...]} (malloc'd in *json); called on the server's
+ * thread; 0 or -errno. Items: id, user, device, app, port, proto, connector, state,
+ * bytes_up, bytes_down, start (RFC 3339), age_s, idle_s, rule, segment.
+ */
+typedef int admin_sessions_fn(void *arg, char **json);
+
 /* The admin API server: HTTPS + JSON, admin client certificate of the tenant required. */
 struct admin_server_conf {
 	const char *listen;          /* "127.0.0.1:8443", "[::1]:0" */
 	const char *state;           /* the server's enrolled identity (enroll_load) */
 	const char *identity_source; /* NULL: the machine's */
 	const char *tenant;          /* NULL: the identity's */
+	admin_sessions_fn *sessions; /* GET /v1/sessions; NULL: 503 (no broker attached) */
+	void *sessions_arg;
 };
 
 /*

@@ -69,6 +69,9 @@ const char *admin_q(char *buf, size_t size, const char *s);
 int admin_parse_ports(const char *s, struct seg_ports *p);
 int admin_parse_hhmm(const char *s, unsigned *min);
 int admin_json_parse(const char *body, size_t len, struct json_object **out, struct admin_err *err);
+/* In JSON json-c parsed strictly: -EEXIST and the key (quoted for a message) in dup when an
+ * object has two equal keys; 0; -ENOMEM. *nkeys (may be NULL): the keys in the text. */
+int admin_json_dup_key(const char *body, size_t len, char *dup, size_t dupsize, size_t *nkeys);
 int admin_validate(enum admin_kind k, struct json_object *obj, const char *name,
                    struct admin_ref **refs, size_t *nrefs, struct admin_err *err);
 int admin_load(struct store *st, const char *tenant, enum admin_kind k, const char *name,
@@ -76,7 +79,9 @@ int admin_load(struct store *st, const char *tenant, enum admin_kind k, const ch
 struct json_object *admin_present(struct json_object *body, const char *name, int64_t id,
                                   int64_t version);
 int admin_emit(struct json_object *o, char **out, struct admin_err *err);
-int admin_list_json(struct store *st, const char *tenant, enum admin_kind k,
+/* Every object of a kind, by name (rules in evaluation order); present: as the API shows
+ * them (name, id, version first), else the stored bodies with those added (faster). */
+int admin_list_json(struct store *st, const char *tenant, enum admin_kind k, bool present,
                     struct json_object **items);
 int admin_referrer(struct store *st, const char *tenant, enum admin_kind k, const char *name,
                    struct admin_refby *by);

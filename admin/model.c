@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -463,13 +464,211 @@ int admin_kind_parse(const char *s, enum admin_kind *k)
 	return -EINVAL;
 }
 
-/* JSON parsing: the whole input, one value, bounded depth. */
+struct admin_key {
+	char *s;
+	size_t n;
+};
+
+static int admin_key_cmp(const void *a, const void *b)
+{
+	const struct admin_key *x = a, *y = b;
+	int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
+
+	return c ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+static size_t admin_utf8_put(char *out, uint32_t c)
+{
+	if (c < 0x80) {
+		out[0] = (char)c;
+		return 1;
+	}
+	if (c < 0x800) {
+		out[0] = (char)(0xc0 | c >> 6);
+		out[1] = (char)(0x80 | (c & 0x3f));
+		return 2;
+	}
+	if (c < 0x10000) {
+		out[0] = (char)(0xe0 | c >> 12);
+		out[1] = (char)(0x80 | (c >> 6 & 0x3f));
+		out[2] = (char)(0x80 | (c & 0x3f));
+		return 3;
+	}
+	out[0] = (char)(0xf0 | c >> 18);
+	out[1] = (char)(0x80 | (c >> 12 & 0x3f));
+	out[2] = (char)(0x80 | (c >> 6 & 0x3f));
+	out[3] = (char)(0x80 | (c & 0x3f));
+	return 4;
+}
+
+static uint32_t admin_hex4(const char *p)
+{
+	uint32_t v = 0;
+
+	for (int i = 0; i < 4; i++) {
+		char c = p[i];
+
+		v = v << 4 | (uint32_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+	}
+	return v;
+}
+
+/*
+ * The key of a JSON string at p (after its opening quote, n bytes up to the closing one,
+ * escapes valid: the text parsed strictly), decoded as json-c keeps it: a C string, so
+ * cut at the first NUL; a lone surrogate as U+FFFD.
+ */
+static int admin_key_decode(const char *p, size_t n, struct admin_key *k)
+{
+	char *out = malloc(n + 1);
+	size_t i = 0, o = 0;
+
+	if (!out)
+		return -ENOMEM;
+	while (i < n) {
+		uint32_t c;
+
+		if (p[i] != '\\') {
+			out[o++] = p[i++];
+			continue;
+		}
+		switch (p[i + 1]) {
+		case 'b':
+			c = '\b';
+			break;
+		case 'f':
+			c = '\f';
+			break;
+		case 'n':
+			c = '\n';
+			break;
+		case 'r':
+			c = '\r';
+			break;
+		case 't':
+			c = '\t';
+			break;
+		case 'u':
+			c = admin_hex4(p + i + 2);
+			i += 4;
+			if (c >= 0xd800 && c <= 0xdbff && i + 8 <= n && p[i + 2] == '\\' &&
+			    p[i + 3] == 'u') {
+				uint32_t lo = admin_hex4(p + i + 4);
+
+				if (lo >= 0xdc00 && lo <= 0xdfff) {
+					c = 0x10000 + ((c - 0xd800) << 10) + (lo - 0xdc00);
+					i += 6;
+				}
+			}
+			if (c >= 0xd800 && c <= 0xdfff)
+				c = 0xfffd;
+			break;
+		default: /* " \ / */
+			c = (unsigned char)p[i + 1];
+		}
+		i += 2;
+		/* An escape takes 2, 6 or 12 bytes of input and 1, <= 3 or 4 of output. */
+		o += admin_utf8_put(out + o, c);
+	}
+	out[o] = '\0';
+	k->s = out;
+	k->n = strlen(out);
+	return 0;
+}
+
+/*
+ * json-c keeps the last of two equal keys in an object; the API refuses them instead.
+ * Scans text that json-c parsed strictly (so well formed, depth <= 16): -EEXIST with the
+ * key in dup, 0, or -ENOMEM. *nkeys counts the keys seen (for the fuzzer's check).
+ */
+int admin_json_dup_key(const char *body, size_t len, char *dup, size_t dupsize, size_t *nkeys)
+{
+	struct {
+		bool obj, want_key;
+		size_t first; /* its keys in keys[first..nk) */
+	} st[64];
+	struct admin_key *keys = NULL;
+	size_t nk = 0, cap = 0, depth = 0, total = 0;
+	bool found = false; /* the scan goes on: *nkeys counts every key */
+	int ret = 0;
+
+	for (size_t i = 0; i < len && !ret; i++) {
+		char c = body[i];
+
+		if (c == '{' || c == '[') {
+			if (depth == sizeof(st) / sizeof(st[0])) {
+				ret = -E2BIG;
+				break;
+			}
+			st[depth].obj = c == '{';
+			st[depth].want_key = c == '{';
+			st[depth++].first = nk;
+		} else if (c == '}' || c == ']') {
+			if (!depth)
+				break;
+			depth--;
+			/* An array's own keys are none: its objects' went when they closed. */
+			if (nk - st[depth].first > 1) {
+				qsort(keys + st[depth].first, nk - st[depth].first, sizeof(*keys),
+				      admin_key_cmp);
+				for (size_t j = st[depth].first + 1; j < nk && !found; j++) {
+					if (admin_key_cmp(&keys[j - 1], &keys[j]) == 0) {
+						admin_q(dup, dupsize, keys[j].s);
+						found = true;
+					}
+				}
+			}
+			while (nk > st[depth].first)
+				free(keys[--nk].s);
+		} else if (c == ',') {
+			if (depth && st[depth - 1].obj)
+				st[depth - 1].want_key = true;
+		} else if (c == '"') {
+			size_t start = ++i;
+
+			while (i < len && body[i] != '"')
+				i += body[i] == '\\' ? 2 : 1;
+			if (i > len)
+				i = len;
+			if (!depth || !st[depth - 1].want_key)
+				continue;
+			st[depth - 1].want_key = false;
+			total++;
+			if (nk == cap) {
+				size_t ncap = cap ? cap * 2 : 16;
+				struct admin_key *nkv = reallocarray(keys, ncap, sizeof(*keys));
+
+				if (!nkv) {
+					ret = -ENOMEM;
+					break;
+				}
+				keys = nkv;
+				cap = ncap;
+			}
+			ret = admin_key_decode(body + start, i - start, &keys[nk]);
+			if (!ret)
+				nk++;
+		}
+	}
+	while (nk)
+		free(keys[--nk].s);
+	free(keys);
+	if (nkeys)
+		*nkeys = total;
+	if (ret == -ENOMEM)
+		return ret;
+	return found ? -EEXIST : 0;
+}
+
+/* JSON parsing: the whole input, one value, bounded depth, no duplicate keys. */
 int admin_json_parse(const char *body, size_t len, struct json_object **out, struct admin_err *err)
 {
 	struct json_tokener *tok;
 	struct json_object *o;
 	enum json_tokener_error je;
+	char dup[80];
 	size_t used;
+	int ret;
 
 	*out = NULL;
 	if (len > ADMIN_BODY_MAX) {
@@ -510,6 +709,15 @@ int admin_json_parse(const char *body, size_t len, struct json_object **out, str
 		return -EINVAL;
 	}
 	json_tokener_free(tok);
+	ret = admin_json_dup_key(body, len, dup, sizeof(dup), NULL);
+	if (ret) {
+		if (ret == -EEXIST)
+			admin_err_set(err, 400, "duplicate key '%s' in object", dup);
+		else
+			admin_err_set(err, 500, "out of memory");
+		json_object_put(o);
+		return ret == -EEXIST ? -EINVAL : ret;
+	}
 	*out = o;
 	return 0;
 }
@@ -1367,6 +1575,8 @@ int admin_get(struct store *st, const char *tenant, enum admin_kind k, const cha
 
 struct admin_list_ctx {
 	struct json_object *items;
+	struct json_tokener *tok; /* one for the whole list: no allocation per row */
+	bool present;
 	int err;
 };
 
@@ -1378,11 +1588,29 @@ static int admin_list_fn(void *arg, const struct store_val *cols, size_t ncols)
 	if (ncols != 4 || cols[0].type != STORE_T_TEXT || cols[1].type != STORE_T_INT ||
 	    cols[2].type != STORE_T_INT || cols[3].type != STORE_T_TEXT)
 		return -EIO;
-	body = json_tokener_parse((const char *)cols[3].p);
-	if (!body)
+	if (cols[3].len > INT_MAX)
 		return -EIO;
-	o = admin_present(body, (const char *)cols[0].p, cols[1].i, cols[2].i);
-	json_object_put(body);
+	json_tokener_reset(c->tok);
+	body = json_tokener_parse_ex(c->tok, (const char *)cols[3].p, (int)cols[3].len);
+	if (!body || json_tokener_get_error(c->tok) != json_tokener_success ||
+	    !json_object_is_type(body, json_type_object)) {
+		json_object_put(body);
+		return -EIO;
+	}
+	if (c->present) {
+		o = admin_present(body, (const char *)cols[0].p, cols[1].i, cols[2].i);
+		json_object_put(body);
+	} else {
+		/* For the compiler: the stored body itself, without copying it. */
+		o = body;
+		if (json_object_object_add(o, "name",
+		                           json_object_new_string((const char *)cols[0].p)) ||
+		    json_object_object_add(o, "id", json_object_new_int64(cols[1].i)) ||
+		    json_object_object_add(o, "version", json_object_new_int64(cols[2].i))) {
+			json_object_put(o);
+			return -ENOMEM;
+		}
+	}
 	if (!o || json_object_array_add(c->items, o) < 0) {
 		json_object_put(o);
 		return -ENOMEM;
@@ -1409,20 +1637,25 @@ static int admin_priority_cmp(const void *a, const void *b)
 }
 
 /* Every object of a kind as presented, by name; rules in evaluation order. */
-int admin_list_json(struct store *st, const char *tenant, enum admin_kind k,
+int admin_list_json(struct store *st, const char *tenant, enum admin_kind k, bool present,
                     struct json_object **items)
 {
-	struct admin_list_ctx c = {.items = json_object_new_array()};
+	struct admin_list_ctx c = {
+	    .items = json_object_new_array(), .tok = json_tokener_new(), .present = present};
 	int ret;
 
 	*items = NULL;
-	if (!c.items)
+	if (!c.items || !c.tok) {
+		json_object_put(c.items);
+		json_tokener_free(c.tok);
 		return -ENOMEM;
+	}
 	ret = store_query(st,
 	                  "SELECT name, id, version, body FROM admin_object "
 	                  "WHERE tenant = $1 AND kind = $2 ORDER BY name",
 	                  STORE_ARGS(store_text(tenant), store_text(admin_kinds[k].name)),
 	                  admin_list_fn, &c);
+	json_tokener_free(c.tok);
 	if (ret < 0) {
 		json_object_put(c.items);
 		return ret;
@@ -1444,7 +1677,7 @@ int admin_list(struct store *st, const char *tenant, enum admin_kind k, char **o
 		admin_err_set(err, 400, "unknown kind");
 		return -EINVAL;
 	}
-	ret = admin_list_json(st, tenant, k, &items);
+	ret = admin_list_json(st, tenant, k, true, &items);
 	if (ret < 0)
 		return admin_store_err(st, err, ret);
 	o = json_object_new_object();

@@ -30,6 +30,8 @@ struct admin_server {
 	struct store *st;
 	admin_change_fn *on_change;
 	void *arg;
+	admin_sessions_fn *sessions;
+	void *sessions_arg;
 	char tenant[IDENT_TENANT_MAX + 1];
 	pthread_mutex_t lock; /* trust: replaced when a new CRL arrives */
 	X509_STORE *trust;
@@ -287,6 +289,25 @@ static int admin_route(struct admin_server *srv, struct MHD_Connection *c, const
 		}
 		return ret;
 	}
+	if (strcmp(p, "sessions") == 0) {
+		if (!get) {
+			admin_err_set(err, 405, "use GET");
+			return -EINVAL;
+		}
+		if (!srv->sessions) {
+			admin_err_set(
+			    err, 503,
+			    "no broker attached: live sessions are listed by the admin API "
+			    "that mtun-broker serves, not by mtun-admin serve");
+			return -EAGAIN;
+		}
+		ret = srv->sessions(srv->sessions_arg, out);
+		if (ret) {
+			admin_err_set(err, 500, "sessions: %s", strerror(-ret));
+			return ret;
+		}
+		return 0;
+	}
 	if (strcmp(p, "snapshot") == 0 && get) {
 		struct admin_snapshot *s;
 		struct json_object *o;
@@ -536,6 +557,8 @@ int admin_server_start(const struct admin_server_conf *conf, struct store *st,
 	srv->st = st;
 	srv->on_change = on_change;
 	srv->arg = arg;
+	srv->sessions = conf->sessions;
+	srv->sessions_arg = conf->sessions_arg;
 	ret = enroll_load(conf->state, conf->identity_source, &id);
 	if (ret) {
 		log_warnx("admin api: cannot load the identity in %s: %s", conf->state,

@@ -15,6 +15,7 @@
 struct snap_id {
 	const char *name;
 	uint32_t id;
+	size_t pos; /* in items */
 };
 
 /* Names to ids for one kind, sorted by name (the strings stay in items). */
@@ -74,7 +75,7 @@ static int snap_map_load(struct store *st, const char *tenant, enum admin_kind k
 	int ret;
 
 	memset(m, 0, sizeof(*m));
-	ret = admin_list_json(st, tenant, k, &m->items);
+	ret = admin_list_json(st, tenant, k, false, &m->items);
 	if (ret)
 		return ret;
 	m->n = json_object_array_length(m->items);
@@ -86,6 +87,7 @@ static int snap_map_load(struct store *st, const char *tenant, enum admin_kind k
 
 		m->v[i].name = snap_str(o, "name");
 		m->v[i].id = (uint32_t)snap_int(o, "id");
+		m->v[i].pos = i;
 	}
 	qsort(m->v, m->n, sizeof(*m->v), snap_id_cmp);
 	return 0;
@@ -259,16 +261,18 @@ static int snap_locs(struct json_object *items, struct admin_named_loc **out, si
 
 static int snap_timeout(const struct snap_map *tm, const char *name, uint32_t *age, uint32_t *idle)
 {
-	for (size_t i = 0; name && i < json_object_array_length(tm->items); i++) {
-		struct json_object *o = json_object_array_get_idx(tm->items, i);
+	struct snap_id key = {.name = name}, *r;
+	struct json_object *o;
 
-		if (strcmp(snap_str(o, "name"), name) == 0) {
-			*age = (uint32_t)snap_int(o, "max_age_s");
-			*idle = (uint32_t)snap_int(o, "idle_s");
-			return 0;
-		}
-	}
-	return -ENOENT;
+	if (!name || !tm->n)
+		return -ENOENT;
+	r = bsearch(&key, tm->v, tm->n, sizeof(*tm->v), snap_id_cmp);
+	if (!r)
+		return -ENOENT;
+	o = json_object_array_get_idx(tm->items, r->pos);
+	*age = (uint32_t)snap_int(o, "max_age_s");
+	*idle = (uint32_t)snap_int(o, "idle_s");
+	return 0;
 }
 
 static int snap_seginfo_cmp(const void *a, const void *b)
@@ -367,41 +371,54 @@ static int snap_segments(struct admin_snapshot *s, const struct snap_map *segs,
 	return 0;
 }
 
-static int snap_rule(struct policy *pol, struct json_object *o, const struct snap_map *segs,
-                     const struct snap_map *sgroups, const struct snap_map *tm,
-                     struct admin_err *err)
+/* A rule's spec parsed once from its JSON, added to the policy and to each segment's. */
+struct snap_rule_spec {
+	struct policy_rule_spec spec;
+	struct policy_window w;
+	const char **users, **groups, **postures;
+	uint32_t *segids, *sgids;
+};
+
+static void snap_rule_spec_clear(struct snap_rule_spec *r)
 {
-	struct policy_rule_spec spec = {0};
-	struct policy_window w = {0};
+	free(r->users);
+	free(r->groups);
+	free(r->postures);
+	free(r->segids);
+	free(r->sgids);
+}
+
+static int snap_rule_parse(struct snap_rule_spec *r, struct json_object *o,
+                           const struct snap_map *segs, const struct snap_map *sgroups,
+                           const struct snap_map *tm, struct admin_err *err)
+{
+	struct policy_rule_spec *spec = &r->spec;
 	struct json_object *win;
-	char why[SEG_ERR_MAX];
-	const char **users = NULL, **groups = NULL, **postures = NULL;
-	uint32_t *segids = NULL, *sgids = NULL;
 	unsigned m;
 	int ret;
 
-	spec.id = (uint32_t)snap_int(o, "id");
-	spec.name = snap_str(o, "name");
-	spec.action = strcmp(snap_str(o, "action"), "allow") == 0 ? POLICY_ALLOW : POLICY_DENY;
-	ret = snap_strs(snap_arr(o, "users"), &users, &spec.nusers);
+	spec->id = (uint32_t)snap_int(o, "id");
+	spec->name = snap_str(o, "name");
+	spec->action = strcmp(snap_str(o, "action"), "allow") == 0 ? POLICY_ALLOW : POLICY_DENY;
+	ret = snap_strs(snap_arr(o, "users"), &r->users, &spec->nusers);
 	if (!ret)
-		ret = snap_strs(snap_arr(o, "groups"), &groups, &spec.ngroups);
+		ret = snap_strs(snap_arr(o, "groups"), &r->groups, &spec->ngroups);
 	if (!ret)
-		ret = snap_strs(snap_arr(o, "postures"), &postures, &spec.npostures);
+		ret = snap_strs(snap_arr(o, "postures"), &r->postures, &spec->npostures);
 	if (!ret)
-		ret = snap_ids(segs, snap_arr(o, "segments"), &segids, &spec.nsegments);
+		ret = snap_ids(segs, snap_arr(o, "segments"), &r->segids, &spec->nsegments);
 	if (!ret)
-		ret =
-		    snap_ids(sgroups, snap_arr(o, "segment_groups"), &sgids, &spec.nsegment_groups);
+		ret = snap_ids(sgroups, snap_arr(o, "segment_groups"), &r->sgids,
+		               &spec->nsegment_groups);
 	if (ret) {
-		admin_err_set(err, 400, "rule '%s': %s", spec.name, strerror(-ret));
-		goto out;
+		admin_err_set(err, 400, "rule '%s': %s", spec->name, strerror(-ret));
+		return ret;
 	}
-	spec.users = users;
-	spec.groups = groups;
-	spec.postures = postures;
-	spec.segments = segids;
-	spec.segment_groups = sgids;
+	spec->users = r->users;
+	spec->groups = r->groups;
+	spec->postures = r->postures;
+	spec->segments = r->segids;
+	spec->segment_groups = r->sgids;
 	if (json_object_object_get_ex(o, "window", &win) &&
 	    json_object_is_type(win, json_type_object)) {
 		struct json_object *days = snap_arr(win, "days");
@@ -414,25 +431,52 @@ static int snap_rule(struct policy *pol, struct json_object *o, const struct sna
 
 			for (unsigned k = 0; k < 7; k++)
 				if (strcmp(day, d[k]) == 0)
-					w.days |= (uint8_t)POLICY_DAY(k);
+					r->w.days |= (uint8_t)POLICY_DAY(k);
 		}
 		admin_parse_hhmm(snap_str(win, "start"), &m);
-		w.start_min = (uint16_t)m;
+		r->w.start_min = (uint16_t)m;
 		admin_parse_hhmm(snap_str(win, "end"), &m);
-		w.end_min = (uint16_t)m;
-		w.utc_offset_min = (int16_t)snap_int(win, "utc_offset_min");
-		spec.window = &w;
+		r->w.end_min = (uint16_t)m;
+		r->w.utc_offset_min = (int16_t)snap_int(win, "utc_offset_min");
+		spec->window = &r->w;
 	}
-	snap_timeout(tm, snap_str(o, "timeout"), &spec.max_age_s, &spec.idle_s);
-	ret = policy_add_rule(pol, &spec, why, sizeof(why));
+	snap_timeout(tm, snap_str(o, "timeout"), &spec->max_age_s, &spec->idle_s);
+	return 0;
+}
+
+/* Every rule's spec, in evaluation order (rules->n of them, cleared by snap_rules_free). */
+static int snap_rules_parse(struct snap_map *m, struct snap_rule_spec **out, struct admin_err *err)
+{
+	const struct snap_map *rules = &m[ADMIN_K_RULE];
+	struct snap_rule_spec *v;
+	int ret = 0;
+
+	*out = v = calloc(rules->n ? rules->n : 1, sizeof(*v));
+	if (!v) {
+		admin_err_set(err, 500, "out of memory");
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < rules->n && !ret; i++)
+		ret = snap_rule_parse(&v[i], json_object_array_get_idx(rules->items, i),
+		                      &m[ADMIN_K_SEGMENT], &m[ADMIN_K_SEGMENT_GROUP],
+		                      &m[ADMIN_K_TIMEOUT], err);
+	return ret;
+}
+
+static void snap_rules_free(struct snap_rule_spec *v, size_t n)
+{
+	for (size_t i = 0; v && i < n; i++)
+		snap_rule_spec_clear(&v[i]);
+	free(v);
+}
+
+static int snap_rule_add(struct policy *pol, const struct snap_rule_spec *r, struct admin_err *err)
+{
+	char why[SEG_ERR_MAX];
+	int ret = policy_add_rule(pol, &r->spec, why, sizeof(why));
+
 	if (ret)
 		admin_err_set(err, ret == -ENOMEM ? 500 : 400, "%s", why);
-out:
-	free(users);
-	free(groups);
-	free(postures);
-	free(segids);
-	free(sgids);
 	return ret;
 }
 
@@ -473,7 +517,8 @@ static int snap_vec_add(struct snap_vec *x, uint32_t val)
  * Rules without a segment condition go into every segment's list; past SNAP_INDEX_MAX
  * copies the index is not built and decisions use the whole policy.
  */
-static int snap_index(struct admin_snapshot *s, struct snap_map *m, struct admin_err *err)
+static int snap_index(struct admin_snapshot *s, struct snap_map *m,
+                      const struct snap_rule_spec *specs, struct admin_err *err)
 {
 	const struct snap_map *segs = &m[ADMIN_K_SEGMENT], *rules = &m[ADMIN_K_RULE];
 	struct snap_grp *grp = NULL;
@@ -567,9 +612,7 @@ static int snap_index(struct admin_snapshot *s, struct snap_map *m, struct admin
 		}
 		s->nsegpols++;
 		for (size_t j = 0; j < lists[i].n && !ret; j++)
-			ret = snap_rule(sp->pol,
-			                json_object_array_get_idx(rules->items, lists[i].v[j]),
-			                segs, &m[ADMIN_K_SEGMENT_GROUP], &m[ADMIN_K_TIMEOUT], err);
+			ret = snap_rule_add(sp->pol, &specs[lists[i].v[j]], err);
 	}
 	if (!ret)
 		qsort(s->segpols, s->nsegpols, sizeof(*s->segpols), admin_segpol_cmp);
@@ -593,6 +636,7 @@ int admin_snapshot_compile(struct store *st, const char *tenant, bool index,
                            struct admin_snapshot **out, struct admin_err *err)
 {
 	struct snap_map m[ADMIN_K_MAX];
+	struct snap_rule_spec *specs = NULL;
 	struct admin_snapshot *s;
 	uint32_t age = 0, idle = 0;
 	int ret = 0, k;
@@ -634,12 +678,12 @@ int admin_snapshot_compile(struct store *st, const char *tenant, bool index,
 	}
 	ret = snap_segments(s, &m[ADMIN_K_SEGMENT], &m[ADMIN_K_SEGMENT_GROUP],
 	                    &m[ADMIN_K_SERVER_GROUP], &m[ADMIN_K_CONNECTOR_GROUP], err);
+	if (!ret)
+		ret = snap_rules_parse(m, &specs, err);
 	for (size_t i = 0; !ret && i < m[ADMIN_K_RULE].n; i++)
-		ret = snap_rule(s->pol, json_object_array_get_idx(m[ADMIN_K_RULE].items, i),
-		                &m[ADMIN_K_SEGMENT], &m[ADMIN_K_SEGMENT_GROUP], &m[ADMIN_K_TIMEOUT],
-		                err);
+		ret = snap_rule_add(s->pol, &specs[i], err);
 	if (!ret && index)
-		ret = snap_index(s, m, err);
+		ret = snap_index(s, m, specs, err);
 	if (!ret)
 		ret = snap_users(s, m[ADMIN_K_USER].items);
 	if (!ret)
@@ -651,6 +695,7 @@ int admin_snapshot_compile(struct store *st, const char *tenant, bool index,
 	if (ret == -ENOMEM)
 		admin_err_set(err, 500, "out of memory");
 out:
+	snap_rules_free(specs, m[ADMIN_K_RULE].n);
 	for (k = 0; k < ADMIN_K_MAX; k++)
 		snap_map_free(&m[k]);
 	if (ret) {

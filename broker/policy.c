@@ -36,8 +36,14 @@ struct policy {
 	char tenant[IDENT_TENANT_MAX + 1];
 	uint32_t max_age_s, idle_s;
 	struct policy_rule *rules;
-	size_t nrules;
+	size_t nrules, cap;
+	/* Rule ids -> positions (open addressing, load <= 1/2), built past POLICY_ID_SCAN
+	 * rules, so that adding n rules is not quadratic. ids[i] == 0: empty. */
+	uint32_t *ids, *pos;
+	size_t idcap;
 };
+
+#define POLICY_ID_SCAN 16
 
 struct policy *policy_new(const char *tenant, uint32_t max_age_s, uint32_t idle_s)
 {
@@ -79,7 +85,82 @@ void policy_free(struct policy *pol)
 	for (size_t i = 0; i < pol->nrules; i++)
 		policy_rule_clear(&pol->rules[i]);
 	free(pol->rules);
+	free(pol->ids);
+	free(pol->pos);
 	free(pol);
+}
+
+static size_t policy_id_slot(uint32_t id, size_t cap)
+{
+	return (size_t)((id * 0x9e3779b97f4a7c15ULL) >> 32) & (cap - 1);
+}
+
+static void policy_id_put(uint32_t *ids, uint32_t *pos, size_t cap, uint32_t id, size_t at)
+{
+	size_t i;
+
+	for (i = policy_id_slot(id, cap); ids[i]; i = (i + 1) & (cap - 1))
+		;
+	ids[i] = id;
+	pos[i] = (uint32_t)at;
+}
+
+/* The rule with this id, or NULL. */
+static const struct policy_rule *policy_find_id(const struct policy *pol, uint32_t id)
+{
+	if (!pol->idcap) {
+		for (size_t i = 0; i < pol->nrules; i++)
+			if (pol->rules[i].id == id)
+				return &pol->rules[i];
+		return NULL;
+	}
+	for (size_t i = policy_id_slot(id, pol->idcap);; i = (i + 1) & (pol->idcap - 1)) {
+		if (pol->ids[i] == id)
+			return &pol->rules[pol->pos[i]];
+		if (!pol->ids[i])
+			return NULL;
+	}
+}
+
+/* Room for one more rule, in the array and in the id map (adding cannot fail after). */
+static int policy_reserve(struct policy *pol)
+{
+	size_t want = pol->idcap ? pol->idcap : 4 * POLICY_ID_SCAN;
+	uint32_t *ids, *pos;
+
+	if (pol->nrules == pol->cap) {
+		size_t cap = pol->cap ? pol->cap * 2 : 4;
+		struct policy_rule *rules;
+
+		if (pol->nrules >= UINT32_MAX / 2)
+			return -ENOMEM;
+		rules = reallocarray(pol->rules, cap, sizeof(*rules));
+		if (!rules)
+			return -ENOMEM;
+		pol->rules = rules;
+		pol->cap = cap;
+	}
+	if (pol->nrules + 1 < POLICY_ID_SCAN)
+		return 0;
+	while ((pol->nrules + 1) * 2 > want)
+		want *= 2;
+	if (want == pol->idcap)
+		return 0;
+	ids = calloc(want, sizeof(*ids));
+	pos = calloc(want, sizeof(*pos));
+	if (!ids || !pos) {
+		free(ids);
+		free(pos);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < pol->nrules; i++)
+		policy_id_put(ids, pos, want, pol->rules[i].id, i);
+	free(pol->ids);
+	free(pol->pos);
+	pol->ids = ids;
+	pol->pos = pos;
+	pol->idcap = want;
+	return 0;
 }
 
 static int policy_strs_copy(struct policy_strs *dst, const char *const *src, size_t n)
@@ -172,7 +253,8 @@ static int policy_check_list(const char *const *v, size_t n, const char *what, c
 int policy_add_rule(struct policy *pol, const struct policy_rule_spec *spec, char *err,
                     size_t errlen)
 {
-	struct policy_rule r = {0}, *rules;
+	struct policy_rule r = {0};
+	const struct policy_rule *dup;
 	const char *why;
 	int rc;
 
@@ -189,12 +271,11 @@ int policy_add_rule(struct policy *pol, const struct policy_rule_spec *spec, cha
 		snprintf(err, errlen, "rule %s: action must be allow or deny", spec->name);
 		return -EINVAL;
 	}
-	for (size_t i = 0; i < pol->nrules; i++) {
-		if (pol->rules[i].id == spec->id) {
-			snprintf(err, errlen, "rule %s: id %u already used by rule %s", spec->name,
-			         spec->id, pol->rules[i].name);
-			return -EEXIST;
-		}
+	dup = policy_find_id(pol, spec->id);
+	if (dup) {
+		snprintf(err, errlen, "rule %s: id %u already used by rule %s", spec->name,
+		         spec->id, dup->name);
+		return -EEXIST;
 	}
 	if ((rc = policy_check_list(spec->users, spec->nusers, "users", err, errlen, spec->name)) <
 	        0 ||
@@ -229,10 +310,10 @@ int policy_add_rule(struct policy *pol, const struct policy_rule_spec *spec, cha
 	    policy_ids_copy(&r.segments, spec->segments, spec->nsegments) < 0 ||
 	    policy_ids_copy(&r.segment_groups, spec->segment_groups, spec->nsegment_groups) < 0)
 		goto fail;
-	rules = reallocarray(pol->rules, pol->nrules + 1, sizeof(*rules));
-	if (!rules)
+	if (policy_reserve(pol) < 0)
 		goto fail;
-	pol->rules = rules;
+	if (pol->idcap)
+		policy_id_put(pol->ids, pol->pos, pol->idcap, r.id, pol->nrules);
 	pol->rules[pol->nrules++] = r;
 	return 0;
 fail:

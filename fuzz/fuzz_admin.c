@@ -1,8 +1,10 @@
 /*
  * libFuzzer target: the admin API's inputs (admin/): each kind's JSON schema check, the
- * CSV directory import, and batch / import / policy test against a store on tmpfs.
+ * CSV directory import, and batch / import / policy test against a store on tmpfs; and
+ * the duplicate-key scan checked against json-c on every input that parses.
  * The first byte picks the entry point; the rest is the request body.
  */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +48,51 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
+static size_t fz_members(struct json_object *o)
+{
+	size_t n = 0;
+
+	if (json_object_is_type(o, json_type_object)) {
+		json_object_object_foreach(o, key, val)
+		{
+			(void)key;
+			n += 1 + fz_members(val);
+		}
+	} else if (json_object_is_type(o, json_type_array)) {
+		for (size_t i = 0; i < json_object_array_length(o); i++)
+			n += fz_members(json_object_array_get_idx(o, i));
+	}
+	return n;
+}
+
+/*
+ * The duplicate-key scan against json-c itself: on text json-c parses strictly, the keys
+ * the scan counts equal the members json-c kept exactly when it finds no duplicate.
+ */
+static void fz_dup_keys(const char *body, size_t len)
+{
+	struct json_tokener *tok = json_tokener_new_ex(16);
+	struct json_object *o;
+	char dup[80];
+	size_t nkeys = 0, kept;
+	int ret;
+
+	if (!tok || len > 65536)
+		abort();
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+	o = json_tokener_parse_ex(tok, body, (int)len);
+	if (o && json_tokener_get_error(tok) == json_tokener_success &&
+	    json_tokener_get_parse_end(tok) == len && !memchr(body, '\0', len)) {
+		kept = fz_members(o);
+		ret = admin_json_dup_key(body, len, dup, sizeof(dup), &nkeys);
+		if ((ret == 0 && nkeys != kept) || (ret == -EEXIST && nkeys <= kept) ||
+		    (ret != 0 && ret != -EEXIST))
+			abort();
+	}
+	json_object_put(o);
+	json_tokener_free(tok);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct admin_err err = {0};
@@ -58,6 +105,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1 || size > 65536)
 		return 0;
 	len = size - 1;
+	fz_dup_keys(body, len);
 	switch (data[0] % (ADMIN_K_MAX + 4)) {
 	case ADMIN_K_MAX:
 		ret = admin_csv_users(body, len, &o, &err);

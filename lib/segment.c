@@ -28,12 +28,20 @@ struct seg_server_group {
 	size_t n;
 };
 
+/* Ids to positions (open addressing, load <= 1/2): segset_find and the server groups in
+ * O(1), so that building a set of n segments is not quadratic. */
+struct seg_idmap {
+	uint32_t *ids, *pos; /* ids[i] == 0: empty */
+	size_t cap;
+};
+
 struct segset {
 	char tenant[IDENT_TENANT_MAX + 1];
 	struct segment **segs;
 	size_t nsegs, segs_cap;
 	struct seg_server_group *sgroups;
-	size_t nsgroups;
+	size_t nsgroups, sgroups_cap;
+	struct seg_idmap seg_ids, sgroup_ids;
 	struct seg_host **slots; /* open addressing, linear probing, load <= 1/2 */
 	size_t nslots, nhosts;
 	uint32_t plens4[33], plens6[129]; /* entries per prefix length */
@@ -110,6 +118,69 @@ static int seg_reserve(struct segset *set, size_t more)
 	set->slots = slots;
 	set->nslots = want;
 	return 0;
+}
+
+static size_t seg_id_slot(uint32_t id, size_t cap)
+{
+	return (size_t)((id * 0x9e3779b97f4a7c15ULL) >> 32) & (cap - 1);
+}
+
+/* Position of id, or SIZE_MAX. */
+static size_t seg_idmap_get(const struct seg_idmap *m, uint32_t id)
+{
+	if (!m->cap || !id)
+		return SIZE_MAX;
+	for (size_t i = seg_id_slot(id, m->cap);; i = (i + 1) & (m->cap - 1)) {
+		if (m->ids[i] == id)
+			return m->pos[i];
+		if (!m->ids[i])
+			return SIZE_MAX;
+	}
+}
+
+static void seg_idmap_put(struct seg_idmap *m, uint32_t id, size_t pos)
+{
+	size_t i;
+
+	for (i = seg_id_slot(id, m->cap); m->ids[i]; i = (i + 1) & (m->cap - 1))
+		;
+	m->ids[i] = id;
+	m->pos[i] = (uint32_t)pos;
+}
+
+/* Room for n entries in all (so that the put that follows cannot fail). */
+static int seg_idmap_reserve(struct seg_idmap *m, size_t n)
+{
+	struct seg_idmap bigger;
+	size_t want = m->cap ? m->cap : 16;
+
+	while (n * 2 > want)
+		want *= 2;
+	if (want == m->cap)
+		return 0;
+	if (n > UINT32_MAX)
+		return -ENOMEM;
+	bigger.cap = want;
+	bigger.ids = calloc(want, sizeof(*bigger.ids));
+	bigger.pos = calloc(want, sizeof(*bigger.pos));
+	if (!bigger.ids || !bigger.pos) {
+		free(bigger.ids);
+		free(bigger.pos);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < m->cap; i++)
+		if (m->ids[i])
+			seg_idmap_put(&bigger, m->ids[i], m->pos[i]);
+	free(m->ids);
+	free(m->pos);
+	*m = bigger;
+	return 0;
+}
+
+static void seg_idmap_free(struct seg_idmap *m)
+{
+	free(m->ids);
+	free(m->pos);
 }
 
 static bool seg_ldh(char c)
@@ -362,15 +433,16 @@ void segset_free(struct segset *set)
 	for (size_t i = 0; i < set->nsgroups; i++)
 		free(set->sgroups[i].cgroups);
 	free(set->sgroups);
+	seg_idmap_free(&set->seg_ids);
+	seg_idmap_free(&set->sgroup_ids);
 	free(set);
 }
 
 static const struct seg_server_group *seg_find_sgroup(const struct segset *set, uint32_t id)
 {
-	for (size_t i = 0; i < set->nsgroups; i++)
-		if (set->sgroups[i].id == id)
-			return &set->sgroups[i];
-	return NULL;
+	size_t i = seg_idmap_get(&set->sgroup_ids, id);
+
+	return i == SIZE_MAX ? NULL : &set->sgroups[i];
 }
 
 int segset_add_server_group(struct segset *set, uint32_t id, const uint32_t *connector_groups,
@@ -386,15 +458,23 @@ int segset_add_server_group(struct segset *set, uint32_t id, const uint32_t *con
 			return -EINVAL;
 	if (seg_find_sgroup(set, id))
 		return -EEXIST;
-	g = reallocarray(set->sgroups, set->nsgroups + 1, sizeof(*g));
-	if (!g)
+	if (set->nsgroups == set->sgroups_cap) {
+		size_t cap = set->sgroups_cap ? set->sgroups_cap * 2 : 16;
+
+		g = reallocarray(set->sgroups, cap, sizeof(*g));
+		if (!g)
+			return -ENOMEM;
+		set->sgroups = g;
+		set->sgroups_cap = cap;
+	}
+	if (seg_idmap_reserve(&set->sgroup_ids, set->nsgroups + 1) < 0)
 		return -ENOMEM;
-	set->sgroups = g;
 	cg = malloc(n * sizeof(*cg));
 	if (!cg)
 		return -ENOMEM;
 	memcpy(cg, connector_groups, n * sizeof(*cg));
-	g[set->nsgroups++] = (struct seg_server_group){.id = id, .cgroups = cg, .n = n};
+	seg_idmap_put(&set->sgroup_ids, id, set->nsgroups);
+	set->sgroups[set->nsgroups++] = (struct seg_server_group){.id = id, .cgroups = cg, .n = n};
 	return 0;
 }
 
@@ -575,7 +655,7 @@ int segset_add(struct segset *set, const struct segment_spec *spec, char *err, s
 			h->cap = cap;
 		}
 	}
-	if (seg_reserve(set, nfresh) < 0)
+	if (seg_reserve(set, nfresh) < 0 || seg_idmap_reserve(&set->seg_ids, set->nsegs + 1) < 0)
 		goto out;
 
 	for (size_t i = 0; i < nfresh; i++) {
@@ -592,6 +672,7 @@ int segset_add(struct segset *set, const struct segment_spec *spec, char *err, s
 
 		h->segs[h->nsegs++] = seg;
 	}
+	seg_idmap_put(&set->seg_ids, seg->id, set->nsegs);
 	set->segs[set->nsegs++] = seg;
 	seg = NULL;
 	rc = 0;
@@ -620,10 +701,9 @@ const struct segment *segset_nth(const struct segset *set, size_t i)
 
 const struct segment *segset_find(const struct segset *set, uint32_t id)
 {
-	for (size_t i = 0; i < set->nsegs; i++)
-		if (set->segs[i]->id == id)
-			return set->segs[i];
-	return NULL;
+	size_t i = seg_idmap_get(&set->seg_ids, id);
+
+	return i == SIZE_MAX ? NULL : set->segs[i];
 }
 
 static const struct segment *seg_pick(const struct seg_host *h, uint8_t proto, uint16_t port)

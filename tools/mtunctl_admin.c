@@ -1025,8 +1025,163 @@ static int adm_snapshot_cmd(int argc, char **argv)
 	return ret;
 }
 
+/* 1536 -> "1.5K": byte counts in the sessions table. */
+static void adm_fmt_bytes(struct json_object *v, char *buf, size_t size)
+{
+	static const char units[] = "KMGTPE";
+	double d;
+	int u = -1;
+
+	if (!v || !json_object_is_type(v, json_type_int)) {
+		snprintf(buf, size, "-");
+		return;
+	}
+	d = (double)json_object_get_uint64(v);
+	while (d >= 1024 && u < 5) {
+		d /= 1024;
+		u++;
+	}
+	if (u < 0)
+		snprintf(buf, size, "%.0f", d);
+	else
+		snprintf(buf, size, "%.1f%c", d, units[u]);
+}
+
+/* 3725 -> "1h02m": ages in the sessions table. */
+static void adm_fmt_secs(struct json_object *v, char *buf, size_t size)
+{
+	int64_t s;
+
+	if (!v || !json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 0) {
+		snprintf(buf, size, "-");
+		return;
+	}
+	s = json_object_get_int64(v);
+	if (s < 60)
+		snprintf(buf, size, "%llds", (long long)s);
+	else if (s < 3600)
+		snprintf(buf, size, "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
+	else if (s < 86400)
+		snprintf(buf, size, "%lldh%02lldm", (long long)(s / 3600),
+		         (long long)(s / 60 % 60));
+	else
+		snprintf(buf, size, "%lldd%02lldh", (long long)(s / 86400),
+		         (long long)(s / 3600 % 24));
+}
+
+struct adm_col {
+	const char *head, *key;
+	void (*fmt)(struct json_object *v, char *buf, size_t size);
+};
+
+static const struct adm_col adm_session_cols[] = {
+    {"ID", "id", NULL},
+    {"USER", "user", NULL},
+    {"DEVICE", "device", NULL},
+    {"APP", "app", NULL},
+    {"PORT", "port", NULL},
+    {"CONNECTOR", "connector", NULL},
+    {"STATE", "state", NULL},
+    {"UP", "bytes_up", adm_fmt_bytes},
+    {"DOWN", "bytes_down", adm_fmt_bytes},
+    {"AGE", "age_s", adm_fmt_secs},
+    {"IDLE", "idle_s", adm_fmt_secs},
+    {"RULE", "rule", NULL},
+};
+#define ADM_SESSION_NCOLS (sizeof(adm_session_cols) / sizeof(adm_session_cols[0]))
+
+static void adm_session_cell(struct json_object *item, const struct adm_col *c, char *buf,
+                             size_t size)
+{
+	struct json_object *v = NULL;
+
+	json_object_object_get_ex(item, c->key, &v);
+	if (c->fmt)
+		c->fmt(v, buf, size);
+	else
+		adm_value_str(v, buf, size);
+	if (!buf[0])
+		snprintf(buf, size, "-");
+	for (char *p = buf; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?'; /* names from the network must not drive the terminal */
+	if (strlen(buf) > ADM_COL_WIDTH)
+		strcpy(buf + ADM_COL_WIDTH - 3, "...");
+}
+
+static void adm_print_sessions(struct json_object *items)
+{
+	size_t w[ADM_SESSION_NCOLS], n = json_object_array_length(items);
+	char buf[4096];
+
+	for (size_t c = 0; c < ADM_SESSION_NCOLS; c++) {
+		w[c] = strlen(adm_session_cols[c].head);
+		for (size_t i = 0; i < n; i++) {
+			adm_session_cell(json_object_array_get_idx(items, i), &adm_session_cols[c],
+			                 buf, sizeof(buf));
+			if (strlen(buf) > w[c])
+				w[c] = strlen(buf);
+		}
+	}
+	for (size_t c = 0; c < ADM_SESSION_NCOLS; c++)
+		printf("%-*s%s", c + 1 < ADM_SESSION_NCOLS ? (int)w[c] : 0,
+		       adm_session_cols[c].head, c + 1 < ADM_SESSION_NCOLS ? "  " : "\n");
+	for (size_t i = 0; i < n; i++) {
+		for (size_t c = 0; c < ADM_SESSION_NCOLS; c++) {
+			adm_session_cell(json_object_array_get_idx(items, i), &adm_session_cols[c],
+			                 buf, sizeof(buf));
+			printf("%-*s%s", c + 1 < ADM_SESSION_NCOLS ? (int)w[c] : 0, buf,
+			       c + 1 < ADM_SESSION_NCOLS ? "  " : "\n");
+		}
+	}
+}
+
+static int adm_sessions_cmd(int argc, char **argv)
+{
+	struct adm_opts o;
+	struct adm_resp r = {0};
+	struct json_object *j = NULL, *items;
+	int ret;
+
+	ret = adm_parse(argc, argv, &o);
+	if (ret)
+		return ret;
+	if (o.help) {
+		printf(
+		    "Usage: mtunctl sessions [-o json|table] [--server HOST:PORT] [--state DIR]\n"
+		    "  the broker's live mtunnels: ID USER DEVICE APP PORT CONNECTOR STATE UP "
+		    "DOWN AGE IDLE RULE\n");
+		return 0;
+	}
+	if (o.argc) {
+		log_warnx("sessions takes no arguments (try mtunctl sessions --help)");
+		return -EINVAL;
+	}
+	ret = adm_request(&o, "GET", "/v1/sessions", "application/json", "", 0, &r);
+	if (ret)
+		goto out;
+	if (o.json || r.status >= 400) {
+		ret = adm_show(&o, NULL, &r, false);
+		goto out;
+	}
+	j = r.len ? json_tokener_parse(r.body) : NULL;
+	if (!j || !json_object_object_get_ex(j, "items", &items) ||
+	    !json_object_is_type(items, json_type_array)) {
+		log_warnx("the server's answer has no \"items\" list");
+		ret = -EPROTO;
+		goto out;
+	}
+	adm_print_sessions(items);
+out:
+	json_object_put(j);
+	adm_resp_free(&r);
+	return ret;
+}
+
 int ctl_admin_main(int argc, char **argv)
 {
+	if (strcmp(argv[0], "sessions") == 0)
+		return adm_sessions_cmd(argc, argv);
 	if (strcmp(argv[0], "policy") == 0)
 		return adm_policy_cmd(argc, argv);
 	if (strcmp(argv[0], "batch") == 0)

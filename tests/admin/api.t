@@ -350,6 +350,14 @@ check_out "policy test: no segment" "no segment matches" \
 	m policy test --user alice --app www.example.org:443
 refused "policy test without a port: 400" "NAME:PORT" m policy test --user alice --app x.corp.example
 
+# json-c would keep the last of two equal keys: the API refuses them.
+printf '{"ops":[{"op":"create","kind":"group","object":{"name":"dupk","description":"a","description":"b"}}]}' >"$T/dup.json"
+refused "a duplicate key: 400" "HTTP 400: duplicate key 'description' in object" m batch "$T/dup.json"
+refused "nothing of the refused batch was applied" "HTTP 404" m group get dupk
+# Live sessions belong to a broker: mtun-admin serve has none to list.
+refused "sessions without a broker: 503" "HTTP 503: no broker attached" m sessions
+refused "sessions -o json without a broker: 503" "HTTP 503: no broker attached" m sessions -o json
+check_out "sessions --help names the columns" "ID USER DEVICE APP PORT CONNECTOR STATE UP DOWN AGE IDLE RULE" m sessions --help
 # The compiled snapshot follows every change.
 check_out "snapshot: segments and rules compiled" '"segments":3' sh -c "$ctl snapshot -o json | tr -d ' \n'"
 grep -q '"rules":3' "$T/out" && ok "snapshot: three rules" || not_ok "snapshot: three rules"
