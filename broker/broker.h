@@ -211,6 +211,7 @@ enum mt_state {
 #define MT_CREDIT_MAX 0x7fffffffU /* as HTTP/2: a window above 2^31-1 is an error */
 
 struct mtunnel;
+struct bmt;
 
 /* One TLS connection's side of the table; the session layer embeds it. */
 struct mt_conn {
@@ -236,6 +237,7 @@ struct mtunnel {
 	uint32_t rule_id;
 	uint64_t start_ms;
 	uint64_t last_ms;
+	struct bmt *meta; /* the daemon's side record (model.c); mtunnel_free does not free it */
 	struct mtunnel *free_next;
 };
 
@@ -320,6 +322,11 @@ struct bd_serial {
 
 struct bopen;
 struct belection;
+struct bagent;
+struct admin_snapshot;
+struct admin_server;
+struct activity;
+struct store;
 
 struct bconnector {
 	struct bconnector *next, *hnext; /* all connectors; bd's hash by id */
@@ -355,6 +362,7 @@ struct bpeer {
 	uint64_t fwd_digest;     /* agents: the forwarding set last sent in CONFIG */
 	bool has_serial;         /* the certificate serial, for CRL updates */
 	struct bd_serial serial;
+	struct bagent *ag; /* agents: subject state (model.c) */
 };
 
 /* An OPEN from its arrival to OPEN_REPLY: electing, then waiting for its BIND_REPLY. */
@@ -438,6 +446,8 @@ struct bd_cfg {
 	uint32_t resolve_ttl_s;
 	bool has_log_level;
 	enum log_level log_level;
+	const char *admin_listen, *admin_store; /* admin mode: the model comes from the store */
+	const char *activity_sink;              /* NULL: no activity log */
 };
 
 #define BD_CHASH           1024 /* connectors by id */
@@ -466,6 +476,17 @@ struct bd {
 	uint32_t next_req;
 	struct bd_crl *crl;
 	int lfd;
+	/* model.c: admin mode (snap != NULL), timeouts, activity */
+	struct admin_snapshot *snap;
+	struct store *st;
+	struct admin_server *srv;
+	struct segset *none; /* empty: a disabled user's forwarding set */
+	struct activity *act;
+	uint64_t posture_qdigest; /* the posture query agents were last sent */
+	bool has_tick;
+	ring_timer_t tick;
+	int64_t tick_minute;
+	uint64_t ntimed; /* live mtunnels with a timeout */
 };
 
 #define bconn_of(c) ((struct bconn *)((char *)(c)-offsetof(struct bconn, mc)))
@@ -503,7 +524,6 @@ void bd_on_bind_reply(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr,
 void bopen_elected(struct bopen *o, const struct elect_result *r, const char *reason);
 /* c lost its control session: its pending BINDs fall over to other connectors. */
 void bd_connector_lost(struct bd *bd, struct bconnector *c);
-const char **bd_user_groups(struct bd *bd, const char *user, size_t *n);
 /*
  * What every RESOLVE and OPEN of agent p passes: raw in one spelling (name: SEG_NAME_MAX + 1
  * bytes), its segment, the policy. MT_STATUS_OK with *seg and *dec; else NXDOMAIN or
@@ -558,8 +578,104 @@ bool bd_crl_is_revoked(const struct bd *bd, const struct bd_serial *s);
 /* The serials a CRL lists, sorted, in *v (malloc'ed): 0, -E2BIG or -ENOMEM. */
 int bd_crl_serials(const X509_CRL *crl, struct bd_serial **v, size_t *n);
 bool bd_serial_listed(const struct bd_serial *v, size_t n, const struct bd_serial *s);
+/* The embedded admin API gets every CRL (the latest at once); NULL before it stops. */
+void bd_crl_set_admin(struct bd *bd, struct admin_server *srv);
+
+/* model.c: the model decisions use (the file's, or the admin store's snapshot), live
+ * re-decisions, timeouts, posture, activity records and the live sessions list */
+
+enum bd_cause {
+	BD_CAUSE_MODEL = 0, /* the model changed */
+	BD_CAUSE_CLOCK,     /* the minute changed: time windows */
+	BD_CAUSE_POSTURE,   /* the agent's satisfied profiles changed */
+};
+
+/* What a live mtunnel keeps beyond the switch's record (allocated at OPEN). */
+struct bmt {
+	uint64_t start_ms, start_wall_ms; /* monotonic, and wall clock for the records */
+	uint32_t max_age_s, idle_s;       /* 0: none */
+	uint32_t rule_id, segment_id;
+	uint16_t port;
+	uint8_t proto;
+	bool timed; /* counted in bd->ntimed */
+	char name[SEG_NAME_MAX + 1];
+	char rule[SEG_TITLE_MAX + 1];
+	char segment[SEG_TITLE_MAX + 1];
+	char connector[IDENT_ID_MAX + 1];
+};
+
+/* Wall clock, ms since the epoch (activity records, CONFIG_VERSION's start). */
+uint64_t bd_wall_ms(void);
+const struct segset *bd_segs(const struct bd *bd);
+const struct policy *bd_pol(const struct bd *bd);
+int bd_group_id(const struct bd_cfg *cfg, const struct admin_snapshot *snap, const char *name,
+                size_t len, uint32_t *id);
+const char *bd_group_name(const struct bd_cfg *cfg, const struct admin_snapshot *snap, uint32_t id);
+/* An election registry for the model's connector groups. */
+struct elect *bd_elect_build(const struct bd_cfg *cfg, const struct admin_snapshot *snap);
+/* p's subject on the current model; *disabled: the admin model disabled its user. */
+void bd_subject(struct bd *bd, const struct bpeer *p, struct policy_subject *subj, bool *disabled);
+/* The decision for p now: *seg NULL when no segment matches (dec then unset in file mode). */
+void bd_decide(struct bd *bd, const struct bpeer *p, const char *name, uint8_t proto, uint16_t port,
+               time_t now, const struct segment **seg, struct policy_decision *dec);
+/*
+ * Does the new decision (seg, d) still allow a live mtunnel? true: x takes the decision's
+ * rule, segment and timeouts. false: reason says why it ends, after cause (why: the text
+ * for BD_CAUSE_POSTURE).
+ */
+bool bd_mt_recheck(struct bmt *x, const struct segment *seg, const struct policy_decision *d,
+                   enum bd_cause cause, const char *why, char *reason, size_t len);
+/* Past its maximum age or idle time (an opening mtunnel never is): true with reason. */
+bool bd_mt_expired(const struct bmt *x, uint8_t state, uint64_t last_ms, uint64_t now_ms,
+                   char *reason, size_t len);
+struct bmt *bd_mt_meta_new(struct bd *bd, const char *name, uint8_t proto, uint16_t port,
+                           const struct segment *seg, const struct policy_decision *d);
+/* mt ends: its activity record, and its side record freed. */
+void bd_mt_finish(struct bd *bd, struct mtunnel *mt, enum mt_status st, const char *reason);
+/* A side record whose mtunnel could not be made: recorded and freed. */
+void bd_mt_meta_drop(struct bd *bd, struct bmt *x, const struct bpeer *agent, enum mt_status st,
+                     const char *reason);
+/* A refused OPEN's activity record (seg, d may be NULL). */
+void bd_activity_refused(struct bd *bd, const struct bpeer *p, const char *name, uint8_t proto,
+                         uint16_t port, const struct segment *seg, const struct policy_decision *d,
+                         enum mt_status st, const char *reason);
+/* Ends those of p's live mtunnels the model no longer allows; how many ended. */
+size_t bd_redecide(struct bd *bd, struct bpeer *p, enum bd_cause cause, const char *why);
+/* Posture: the profiles' union of files and processes (*n <= the wire's maximum; returns
+ * how many did not fit), the profiles facts satisfy (names malloc'd, f NULL: none). */
+size_t bd_posture_union(const struct admin_snapshot *s, const char **files, size_t *nfiles,
+                        const char **procs, size_t *nprocs);
+struct admin_facts;
+int bd_posture_eval(const struct admin_snapshot *s, const struct admin_facts *f, char ***out,
+                    size_t *n);
+/* Only to agents whose HELLO has MT_CAP_POSTURE (else 0, nothing sent). */
+int bd_send_posture_query(struct bd *bd, struct bpeer *p);
+void bd_on_posture(struct bd *bd, struct bpeer *p, const uint8_t *frame, size_t len);
+/* Re-evaluates p's profiles; on a change re-decides its mtunnels if asked (how many ended). */
+size_t bd_agent_posture_update(struct bd *bd, struct bpeer *p, bool redecide);
+/* After a swap: agents' profiles re-evaluated; *query: the profiles' union changed. */
+void bd_model_posture_swap(struct bd *bd, bool *query);
+/* Admin mode: p's subject state; caps: its HELLO's (MT_CAP_POSTURE). */
+int bd_agent_init(struct bd *bd, struct bpeer *p, uint32_t caps);
+void bd_agent_free(struct bpeer *p);
+/* admin_sessions_fn: the live mtunnels as JSON, from the ring thread (bounded wait). */
+int bd_sessions(void *arg, char **json);
+int bd_sessions_json(struct bd *bd, char **json);
+/* Store, migration, snapshot and activity sink (before the ring); admin server and the 1 s
+ * timer (after it); stop (server, timer); close (all). */
+int bd_model_open(struct bd *bd);
+int bd_model_serve(struct bd *bd);
+void bd_model_stop(struct bd *bd);
+void bd_model_close(struct bd *bd);
 
 /* daemon.c */
+/*
+ * Makes (cfg, snap) the model (either may be the current one): connectors regrouped,
+ * CONFIG to agents whose forwarding set changed, live mtunnels re-decided, logged as
+ * broker.model.applied. 0, or -errno with the model unchanged.
+ */
+int bd_model_change(struct bd *bd, struct bd_cfg *cfg, struct admin_snapshot *snap,
+                    uint64_t commit_ms);
 int broker_run(int argc, char **argv);
 struct bconnector *bd_find_connector(struct bd *bd, const char *id);
 /* Tells the election registry what c is now (group, location, load, capacity, health). */

@@ -346,6 +346,43 @@ static int bd_conf_election(struct bd_cfg *cfg, struct conf *c)
 	return 0;
 }
 
+/*
+ * admin = { listen; store; }: the model comes from the admin store, so the file must not
+ * also give it. activity = { sink; }.
+ */
+static int bd_conf_admin(struct bd_cfg *cfg, struct conf *c)
+{
+	static const char *const model_keys[] = {"connector_groups", "segments", "users", "rules"};
+	int ret;
+
+	if ((ret = conf_get_str(c, "activity.sink", CONF_OPTIONAL, &cfg->activity_sink)) < 0)
+		return ret;
+	if (conf_has(c, "activity") && !cfg->activity_sink) {
+		log_warnx("activity: sink is required (file:PATH, syslog or tcp:HOST:PORT)");
+		return -EINVAL;
+	}
+	if (!conf_has(c, "admin"))
+		return 0;
+	if ((ret = conf_get_str(c, "admin.listen", CONF_REQUIRED, &cfg->admin_listen)) < 0 ||
+	    (ret = conf_get_str(c, "admin.store", CONF_REQUIRED, &cfg->admin_store)) < 0) {
+		log_warnx("admin: both listen and store are required");
+		return ret;
+	}
+	if (!*cfg->admin_store || !*cfg->admin_listen) {
+		log_warnx("admin: listen and store must not be empty");
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < sizeof(model_keys) / sizeof(model_keys[0]); i++)
+		if (conf_has(c, model_keys[i])) {
+			log_warnx(
+			    "%s: with an admin section the model (connector groups, segments, "
+			    "users, rules) comes from admin.store %s; remove '%s' from the file",
+			    model_keys[i], cfg->admin_store, model_keys[i]);
+			return -EINVAL;
+		}
+	return 0;
+}
+
 static int bd_cfg_read(struct bd_cfg *cfg, const char *path)
 {
 	struct conf *c = cfg->conf;
@@ -382,8 +419,12 @@ static int bd_cfg_read(struct bd_cfg *cfg, const char *path)
 	cfg->pol = policy_new(cfg->tenant, 0, 0);
 	if (!cfg->segs || !cfg->pol)
 		return -ENOMEM;
-	if ((ret = bd_conf_election(cfg, c)) < 0 || (ret = bd_conf_locations(cfg, c)) < 0 ||
-	    (ret = bd_conf_cgroups(cfg, c)) < 0 ||
+	if ((ret = bd_conf_admin(cfg, c)) < 0 || (ret = bd_conf_election(cfg, c)) < 0 ||
+	    (ret = bd_conf_locations(cfg, c)) < 0)
+		return ret;
+	if (cfg->admin_store)
+		return conf_check_unknown(c);
+	if ((ret = bd_conf_cgroups(cfg, c)) < 0 ||
 	    (ret = conf_get_len(c, "segments", CONF_REQUIRED, &n)) < 0)
 		return ret;
 	for (size_t i = 0; i < n; i++)

@@ -1,7 +1,7 @@
 /*
  * The tenant's CRL on the broker: a thread holds the CA subscription (blocking) and hands
  * each CRL to the ring thread, which refuses revoked certificates at the TLS handshake and
- * closes live sessions whose certificate was revoked.
+ * closes live sessions whose certificate was revoked, and to the embedded admin API.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -13,6 +13,7 @@
 #include <openssl/bn.h>
 #include <openssl/x509.h>
 
+#include "admin/admin.h"
 #include "broker.h"
 #include "enroll.h"
 #include "log.h"
@@ -49,6 +50,8 @@ struct bd_crl {
 	bool done;         /* the thread has ended */
 	struct bd *bd;
 	char *state, *idsrc;
+	struct admin_server *admin; /* under lock: the embedded admin API, or NULL */
+	X509_CRL *last;             /* under lock: the latest CRL, for an admin API starting */
 	/* ring thread only */
 	struct crl_set cur;
 	bool have;
@@ -239,6 +242,17 @@ static int crl_on_crl(X509_CRL *x, void *arg)
 		ret = 1;
 	else if (ring_post(crl->ring, crl_apply, msg) == 0)
 		msg = NULL;
+	/* The embedded admin API refuses revoked admin certificates too (kept for its start). */
+	if (ret == 0) {
+		X509_CRL *dup = X509_CRL_dup(x);
+
+		if (dup) {
+			X509_CRL_free(crl->last);
+			crl->last = dup;
+		}
+		if (crl->admin && admin_server_set_crl(crl->admin, x) < 0)
+			log_warnx("CRL: not given to the admin API (out of memory)");
+	}
 	pthread_mutex_unlock(&crl->lock);
 	if (msg) {
 		free(msg->set.v);
@@ -300,8 +314,22 @@ static void crl_free(struct bd_crl *crl)
 	free(crl->cur.v);
 	free(crl->state);
 	free(crl->idsrc);
+	X509_CRL_free(crl->last);
 	pthread_mutex_destroy(&crl->lock);
 	free(crl);
+}
+
+void bd_crl_set_admin(struct bd *bd, struct admin_server *srv)
+{
+	struct bd_crl *crl = bd->crl;
+
+	if (!crl)
+		return;
+	pthread_mutex_lock(&crl->lock);
+	crl->admin = srv;
+	if (srv && crl->last && admin_server_set_crl(srv, crl->last) < 0)
+		log_warnx("CRL: not given to the admin API (out of memory)");
+	pthread_mutex_unlock(&crl->lock);
 }
 
 int bd_crl_start(struct bd *bd)

@@ -13,6 +13,8 @@
 
 #include <openssl/crypto.h>
 
+#include "activity.h"
+#include "admin/admin.h"
 #include "broker.h"
 #include "conf.h"
 #include "enroll.h"
@@ -51,17 +53,6 @@ static void bd_connector_unlink(struct bd *bd, struct bconnector *c)
 			*pp = c->next;
 			break;
 		}
-}
-
-static int bd_cgroup_id(const struct bd_cfg *cfg, const char *name, size_t len, uint32_t *id)
-{
-	for (size_t i = 0; i < cfg->ncgroups; i++)
-		if (strlen(cfg->cgroups[i].name) == len &&
-		    memcmp(cfg->cgroups[i].name, name, len) == 0) {
-			*id = cfg->cgroups[i].id;
-			return 0;
-		}
-	return -ENOENT;
 }
 
 static const struct bd_location *bd_find_location(const struct bd_cfg *cfg, const char *name)
@@ -141,7 +132,7 @@ static void bd_on_connector(struct bd *bd, struct bpeer *p, const struct mt_hell
 		return;
 	}
 	if (!h->group.p ||
-	    bd_cgroup_id(bd->cfg, (const char *)h->group.p, h->group.len, &group) < 0) {
+	    bd_group_id(bd->cfg, bd->snap, (const char *)h->group.p, h->group.len, &group) < 0) {
 		log_event(LOG_LVL_WARN, "broker.refused",
 		          "peer=%s role=connector reason=\"unknown connector group '%.*s'\"",
 		          p->id.id, (int)h->group.len, h->group.p ? (const char *)h->group.p : "");
@@ -214,8 +205,15 @@ static void bp_on_established(struct session *s, const struct ident *peer,
 		p->kind = BP_AGENT;
 		mt_conn_init(&p->own.mc, 0);
 		p->own.p = p;
+		if (bd_agent_init(bd, p, hello->caps) < 0) {
+			bpeer_drop(p, MT_STATUS_ERROR, "out of memory");
+			return;
+		}
 		log_event(LOG_LVL_INFO, "broker.agent.up", "agent=%s user=%s", peer->id,
 		          peer->user);
+		/* Admin mode: its facts first; it satisfies no profile until they come. */
+		if (bd->snap)
+			bd_send_posture_query(bd, p);
 		bd_send_config(bd, p, true);
 		return;
 	}
@@ -247,6 +245,10 @@ static void bp_on_frame(struct session *s, struct mt_hdr *hdr, uint8_t *frame, s
 			bd_on_resolve(bd, p, frame, len);
 		else
 			session_close(s, MT_STATUS_PROTOCOL, "RESOLVE from a connector");
+		return;
+	case MT_POSTURE:
+		if (p->kind == BP_AGENT)
+			bd_on_posture(bd, p, frame, len);
 		return;
 	case MT_PROBE_REPLY:
 		if (p->kind == BP_CTL)
@@ -307,6 +309,7 @@ static void bpeer_gone(struct bpeer *p, const char *reason)
 	case BP_AGENT:
 		bd_elections_peer_gone(bd, p);
 		bd_reset_conn(bd, &p->own, MT_STATUS_ERROR, "agent session lost");
+		bd_agent_free(p);
 		break;
 	case BP_DATA:
 		c->data = NULL;
@@ -392,81 +395,50 @@ static void bd_shutdown(struct bd *bd)
 		ring_run(bd->ring);
 }
 
-/* A registry for cfg's groups holding the connectors whose group it still has. */
-static struct elect *bd_elect_build(struct bd *bd, const struct bd_cfg *cfg)
-{
-	struct elect *e = elect_new(&cfg->ec);
-
-	if (!e)
-		return NULL;
-	for (size_t i = 0; i < cfg->ncgroups; i++)
-		if (elect_set_group(e, cfg->cgroups[i].id, &cfg->cgroups[i].loc) < 0) {
-			log_warnx("connector group %s: bad location", cfg->cgroups[i].name);
-			elect_free(e);
-			return NULL;
-		}
-	return e;
-}
-
 static void bd_apply_log_level(const struct bd_cfg *cfg)
 {
 	if (cfg->has_log_level)
 		log_set_level(cfg->log_level);
 }
 
-/*
- * SIGHUP: the file is loaded whole or not at all. Segments, rules, users, groups,
- * locations and election settings change live; listen, tenant and state need a restart.
- */
-static void bd_reload(struct bd *bd)
+static bool bd_streq(const char *a, const char *b)
 {
-	struct bd_cfg *cfg = NULL, *old = bd->cfg;
-	struct elect *e, *old_e = bd->el;
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+int bd_model_change(struct bd *bd, struct bd_cfg *cfg, struct admin_snapshot *snap,
+                    uint64_t commit_ms)
+{
+	struct bd_cfg *old_cfg = bd->cfg;
+	struct admin_snapshot *old_snap = bd->snap;
+	struct elect *e = bd_elect_build(cfg, snap);
+	size_t sent = 0, closed = 0, dropped = 0, users;
 	struct bconnector *c, *next;
 	struct bpeer *p;
-	size_t sent = 0;
+	bool query = false;
 
-	if (bd_cfg_load(bd->cfg_path, &cfg) < 0) {
-		log_event(LOG_LVL_WARN, "broker.reload",
-		          "status=failed file=%s "
-		          "reason=\"the running configuration stays\"",
-		          bd->cfg_path);
-		return;
-	}
-	if (strcmp(cfg->tenant, old->tenant) != 0 || strcmp(cfg->state, old->state) != 0) {
-		log_event(LOG_LVL_WARN, "broker.reload",
-		          "status=failed reason=\"tenant and state need a restart\"");
-		bd_cfg_free(cfg);
-		return;
-	}
-	if (strcmp(cfg->listen, old->listen) != 0)
-		log_warnx("reload: broker.listen changes only at restart (still %s)", old->listen);
-	e = bd_elect_build(bd, cfg);
-	if (!e) {
-		log_event(LOG_LVL_WARN, "broker.reload", "status=failed reason=\"election setup\"");
-		bd_cfg_free(cfg);
-		return;
-	}
+	if (!e)
+		return -EINVAL;
 	bd->cfg = cfg;
+	bd->snap = snap;
+	elect_free(bd->el);
 	bd->el = e;
 	bd->cfg_version++;
 	bd_apply_log_level(cfg);
 	/* Connectors keep their sessions if their group (by name) still exists. */
 	for (c = bd->connectors; c; c = next) {
-		const char *gname = NULL;
+		const char *gname = bd_group_name(old_cfg, old_snap, c->group);
 		uint32_t gid;
 
 		next = c->next;
 		if (!c->ctl)
 			continue;
-		for (size_t i = 0; i < old->ncgroups; i++)
-			if (old->cgroups[i].id == c->group)
-				gname = old->cgroups[i].name;
-		if (!gname || bd_cgroup_id(cfg, gname, strlen(gname), &gid) < 0) {
+		if (!gname || bd_group_id(cfg, snap, gname, strlen(gname), &gid) < 0) {
 			log_event(LOG_LVL_WARN, "broker.connector.dropped",
 			          "connector=%s reason=\"its group was removed\"", c->id);
 			/* May free c and its successor's data peer, never another connector. */
 			bpeer_drop(c->ctl, MT_STATUS_SHUTDOWN, "connector group removed");
+			dropped++;
 			continue;
 		}
 		c->group = gid;
@@ -479,19 +451,72 @@ static void bd_reload(struct bd *bd)
 		}
 		bd_elect_register(bd, c);
 	}
-	elect_free(old_e);
-	bd_cfg_free(old);
-	for (p = bd->peers; p; p = p->next)
-		if (p->kind == BP_AGENT) {
-			uint64_t before = p->fwd_digest;
+	if (snap && snap != old_snap)
+		bd_model_posture_swap(bd, &query);
+	for (p = bd->peers; p; p = p->next) {
+		uint64_t before = p->fwd_digest;
 
-			if (bd_send_config(bd, p, false) == 0 && p->fwd_digest != before)
-				sent++;
-		}
-	log_event(LOG_LVL_INFO, "broker.reload",
-	          "status=ok version=%llu segments=%zu rules=%zu config_sent=%zu",
-	          (unsigned long long)bd->cfg_version, segset_count(cfg->segs),
-	          policy_rule_count(cfg->pol), sent);
+		if (p->kind != BP_AGENT)
+			continue;
+		if (query)
+			bd_send_posture_query(bd, p);
+		if (bd_send_config(bd, p, false) == 0 && p->fwd_digest != before)
+			sent++;
+		closed += bd_redecide(bd, p, BD_CAUSE_MODEL, NULL);
+	}
+	users = snap ? snap->nusers : cfg->nusers;
+	log_event(LOG_LVL_INFO, "broker.model.applied",
+	          "generation=%lld version=%llu segments=%zu rules=%zu users=%zu config_sent=%zu "
+	          "mtunnels_closed=%zu connectors_dropped=%zu posture_query=%s apply_ms=%llu",
+	          snap ? (long long)snap->generation : 0LL, (unsigned long long)bd->cfg_version,
+	          segset_count(bd_segs(bd)), policy_rule_count(bd_pol(bd)), users, sent, closed,
+	          dropped, query ? "sent" : "same", (unsigned long long)(bd_now_ms() - commit_ms));
+	if (old_cfg != cfg)
+		bd_cfg_free(old_cfg);
+	if (old_snap != snap)
+		admin_snapshot_free(old_snap);
+	return 0;
+}
+
+/*
+ * SIGHUP: the file is loaded whole or not at all. Segments, rules, users, groups,
+ * locations and election settings change live; listen, tenant, state, the admin section
+ * and the activity sink need a restart (the sink's file is reopened).
+ */
+static void bd_reload(struct bd *bd)
+{
+	struct bd_cfg *cfg = NULL, *old = bd->cfg;
+	uint64_t t0 = bd_now_ms();
+
+	if (bd->act && activity_reopen(bd->act) < 0)
+		log_warnx("reload: the activity sink could not be reopened");
+	if (bd_cfg_load(bd->cfg_path, &cfg) < 0) {
+		log_event(LOG_LVL_WARN, "broker.reload",
+		          "status=failed file=%s "
+		          "reason=\"the running configuration stays\"",
+		          bd->cfg_path);
+		return;
+	}
+	if (strcmp(cfg->tenant, old->tenant) != 0 || strcmp(cfg->state, old->state) != 0 ||
+	    !bd_streq(cfg->admin_store, old->admin_store) ||
+	    !bd_streq(cfg->admin_listen, old->admin_listen) ||
+	    !bd_streq(cfg->activity_sink, old->activity_sink)) {
+		log_event(LOG_LVL_WARN, "broker.reload",
+		          "status=failed reason=\"tenant, state, admin and activity need a "
+		          "restart\"");
+		bd_cfg_free(cfg);
+		return;
+	}
+	if (strcmp(cfg->listen, old->listen) != 0)
+		log_warnx("reload: broker.listen changes only at restart (still %s)", old->listen);
+	if (bd_model_change(bd, cfg, bd->snap, t0) < 0) {
+		log_event(LOG_LVL_WARN, "broker.reload", "status=failed reason=\"election setup\"");
+		bd_cfg_free(cfg);
+		return;
+	}
+	log_event(LOG_LVL_INFO, "broker.reload", "status=ok version=%llu segments=%zu rules=%zu",
+	          (unsigned long long)bd->cfg_version, segset_count(bd_segs(bd)),
+	          policy_rule_count(bd_pol(bd)));
 }
 
 static void bd_signal(struct ring *ring, const struct signalfd_siginfo *si, void *arg)
@@ -519,19 +544,12 @@ static void bd_free(struct bd *bd)
 
 		bd->peers = p->next;
 		bpeer_queue_free(p);
+		bd_agent_free(p);
 		free(p);
 	}
 	mt_table_free(bd->t);
 	elect_free(bd->el);
 	bd_cfg_free(bd->cfg);
-}
-
-static uint64_t bd_wall_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 int broker_run(int argc, char **argv)
@@ -563,7 +581,10 @@ int broker_run(int argc, char **argv)
 	bd_apply_log_level(bd.cfg);
 	/* Versions keep growing across restarts: agents compare them. */
 	bd.cfg_version = bd_wall_ms();
-	bd.el = bd_elect_build(&bd, bd.cfg);
+	ret = bd_model_open(&bd);
+	if (ret < 0)
+		goto out;
+	bd.el = bd_elect_build(bd.cfg, bd.snap);
 	if (!bd.el) {
 		ret = -EINVAL;
 		goto out;
@@ -631,19 +652,30 @@ int broker_run(int argc, char **argv)
 		log_warnx("ring setup: %s", strerror(-ret));
 		goto out;
 	}
+	/* After ring_signals: the admin server's thread inherits the blocked signals. */
+	ret = bd_model_serve(&bd);
+	if (ret < 0) {
+		log_warnx("admin server: %s", strerror(-ret));
+		goto out;
+	}
 	log_event(LOG_LVL_INFO, "broker.ready",
-	          "listen=%s tenant=%s segments=%zu rules=%zu version=%llu", bd.cfg->listen,
-	          bd.cfg->tenant, segset_count(bd.cfg->segs), policy_rule_count(bd.cfg->pol),
-	          (unsigned long long)bd.cfg_version);
+	          "listen=%s tenant=%s segments=%zu rules=%zu version=%llu model=%s",
+	          bd.cfg->listen, bd.cfg->tenant, segset_count(bd_segs(&bd)),
+	          policy_rule_count(bd_pol(&bd)), (unsigned long long)bd.cfg_version,
+	          bd.snap ? "admin" : "file");
 	ret = ring_run(bd.ring);
+	/* No more changes nor sessions requests; then the sessions end (activity records). */
+	bd_model_stop(&bd);
 	bd_shutdown(&bd);
 out:
+	bd_model_stop(&bd);
 	/* After the ring's last run: nothing it runs may still use the CRL state. */
 	bd_crl_stop(&bd);
 	ring_free(bd.ring);
 	if (bd.lfd >= 0)
 		close(bd.lfd);
 	bd_free(&bd);
+	bd_model_close(&bd);
 	tls_ctx_free(bd.ctx);
 	sk_X509_free(anchors);
 	enroll_identity_free(&idn);

@@ -115,17 +115,6 @@ enum mt_status bd_elect_status(enum elect_status s)
 	return MT_STATUS_ERROR;
 }
 
-const char **bd_user_groups(struct bd *bd, const char *user, size_t *n)
-{
-	for (size_t i = 0; i < bd->cfg->nusers; i++)
-		if (strcmp(bd->cfg->users[i].name, user) == 0) {
-			*n = bd->cfg->users[i].ngroups;
-			return bd->cfg->users[i].groups;
-		}
-	*n = 0;
-	return NULL;
-}
-
 static void bopen_retry(struct bopen *o, enum mt_status st, const char *reason);
 static void bopen_dispatch(struct bopen *o);
 
@@ -151,6 +140,8 @@ static void bopen_bind(struct bopen *o, struct bconnector *c)
 		return;
 	}
 	o->c = c;
+	if (mt->meta)
+		snprintf(mt->meta->connector, sizeof(mt->meta->connector), "%s", c->id);
 	bopen_list_add(&c->opens, o);
 	if (RAND_bytes(o->cookie, sizeof(o->cookie)) != 1 ||
 	    ring_timer_add(bd->ring, BD_OPEN_TIMEOUT_MS * 1000000ULL, bopen_timeout, o, &o->timer) <
@@ -185,6 +176,7 @@ static void bopen_retry(struct bopen *o, enum mt_status st, const char *reason)
 	struct bd *bd = o->bd;
 	struct bconnector *c = o->c;
 	uint64_t now = bd_now_ms();
+	struct bmt *meta;
 	int err = 0;
 
 	if (c) {
@@ -211,15 +203,21 @@ static void bopen_retry(struct bopen *o, enum mt_status st, const char *reason)
 	bopen_unlist(o);
 	bopen_hash_del(o);
 	o->c = NULL;
+	meta = o->mt->meta;
+	o->mt->meta = NULL;
 	mtunnel_free(bd->t, o->mt);
 	o->mt = mtunnel_new(bd->t, &o->agent->own.mc, o->agent_id, o->segment_id, o->rule_id, now,
 	                    &err);
 	if (!o->mt) {
 		bd_reply(o->agent, MT_OPEN_REPLY, o->agent_id, MT_STATUS_ERROR, 0,
 		         "broker out of mtunnels");
+		bd_mt_meta_drop(bd, meta, o->agent, MT_STATUS_ERROR, "broker out of mtunnels");
 		free(o);
 		return;
 	}
+	o->mt->meta = meta;
+	if (meta)
+		meta->connector[0] = '\0';
 	bopen_hash_add(bd, o);
 	bopen_dispatch(o);
 }
@@ -227,7 +225,7 @@ static void bopen_retry(struct bopen *o, enum mt_status st, const char *reason)
 static void bopen_dispatch(struct bopen *o)
 {
 	struct bd *bd = o->bd;
-	const struct segment *seg = segset_find(bd->cfg->segs, o->segment_id);
+	const struct segment *seg = segset_find(bd_segs(bd), o->segment_id);
 	uint32_t groups[BD_GROUPS_MAX];
 	struct elect_result r;
 	struct bconnector *c;
@@ -237,7 +235,7 @@ static void bopen_dispatch(struct bopen *o)
 		bd_end(bd, o->mt, MT_STATUS_NXDOMAIN, "the app segment was removed", -1);
 		return;
 	}
-	n = segment_connector_groups(bd->cfg->segs, seg, groups, BD_GROUPS_MAX);
+	n = segment_connector_groups(bd_segs(bd), seg, groups, BD_GROUPS_MAX);
 	if (elect_cache_get(bd->el, o->name, groups, n, bd_now_ms(), &r)) {
 		c = bd_find_connector(bd, r.id);
 		if (c && c->ctl && (!c->has_capacity || c->load < c->capacity)) {
@@ -281,33 +279,35 @@ enum mt_status bd_admit(struct bd *bd, const struct bpeer *p, const char *what, 
                         uint8_t proto, uint16_t port, char *name, const struct segment **seg,
                         struct policy_decision *dec, char *reason, size_t reason_len)
 {
-	struct policy_subject subj = {.tenant = bd->cfg->tenant, .user = p->id.user};
 	unsigned char addr[16];
 	char event[32];
 	const char *why;
 
+	*dec = (struct policy_decision){.action = POLICY_DENY, .rule_name = "", .reason = ""};
 	/* One spelling per name, so that the election cache sees one entry. */
 	if (inet_pton(AF_INET, raw, addr) == 1 || inet_pton(AF_INET6, raw, addr) == 1)
 		snprintf(name, SEG_NAME_MAX + 1, "%s", raw);
 	else if (segment_normalize_name(raw, name, &why) < 0)
 		name[0] = '\0';
-	*seg = name[0] ? segment_match(bd->cfg->segs, name, proto, port) : NULL;
-	if (!*seg) {
+	*seg = NULL;
+	if (name[0])
+		bd_decide(bd, p, name, proto, port, time(NULL), seg, dec);
+	if (!*seg && strcmp(dec->reason, "user is disabled") != 0) {
 		snprintf(reason, reason_len, "%s:%u is in no app segment", raw, port);
 		snprintf(event, sizeof(event), "%s.refused", what);
 		log_event(LOG_LVL_INFO, event, "user=%s host=%s port=%u status=nxdomain",
 		          p->id.user, raw, port);
 		return MT_STATUS_NXDOMAIN;
 	}
-	subj.groups = bd_user_groups(bd, p->id.user, &subj.ngroups);
-	policy_eval(bd->cfg->pol, &subj, *seg, time(NULL), dec);
 	if (dec->action != POLICY_ALLOW) {
-		snprintf(reason, reason_len, "%s%s%s", dec->reason, *dec->rule_name ? " " : "",
-		         dec->rule_name);
+		if (*dec->rule_name)
+			snprintf(reason, reason_len, "%s '%s'", dec->reason, dec->rule_name);
+		else
+			snprintf(reason, reason_len, "%s", dec->reason);
 		snprintf(event, sizeof(event), "%s.denied", what);
 		log_event(LOG_LVL_INFO, event,
 		          "user=%s host=%s port=%u segment=%u rule=%u reason=\"%s\"", p->id.user,
-		          name, port, (*seg)->id, dec->rule_id, reason);
+		          name, port, *seg ? (*seg)->id : 0, dec->rule_id, reason);
 		return MT_STATUS_DENIED;
 	}
 	return MT_STATUS_OK;
@@ -337,14 +337,23 @@ void bd_on_open(struct bd *bd, struct bpeer *p, const struct mt_hdr *hdr, const 
 	              reason, sizeof(reason));
 	if (st != MT_STATUS_OK) {
 		bd_reply(p, MT_OPEN_REPLY, hdr->id, st, 0, reason);
+		bd_activity_refused(bd, p, name[0] ? name : raw, m.u.open.proto, m.u.open.port, seg,
+		                    &dec, st, reason);
 		return;
 	}
 	o = calloc(1, sizeof(*o));
 	mt = o ? mtunnel_new(bd->t, &p->own.mc, hdr->id, seg->id, dec.rule_id, bd_now_ms(), &err)
 	       : NULL;
+	if (mt &&
+	    !(mt->meta = bd_mt_meta_new(bd, name, m.u.open.proto, m.u.open.port, seg, &dec))) {
+		mtunnel_free(bd->t, mt);
+		mt = NULL;
+	}
 	if (!mt) {
 		free(o);
 		bd_reply(p, MT_OPEN_REPLY, hdr->id, MT_STATUS_ERROR, 0, "broker out of mtunnels");
+		bd_activity_refused(bd, p, name, m.u.open.proto, m.u.open.port, seg, &dec,
+		                    MT_STATUS_ERROR, "broker out of mtunnels");
 		return;
 	}
 	o->bd = bd;

@@ -269,7 +269,7 @@ void bd_on_resolve(struct bd *bd, struct bpeer *p, const uint8_t *frame, size_t 
 		bd_resolve_reply(p, m.u.resolve.req_id, st, BD_FAIL_TTL_S, reason);
 		return;
 	}
-	n = segment_connector_groups(bd->cfg->segs, seg, groups, BD_GROUPS_MAX);
+	n = segment_connector_groups(bd_segs(bd), seg, groups, BD_GROUPS_MAX);
 	if (elect_cache_get(bd->el, name, groups, n, bd_now_ms(), &r)) {
 		bd_resolve_reply(p, m.u.resolve.req_id, MT_STATUS_OK, bd->cfg->resolve_ttl_s, NULL);
 		return;
@@ -398,15 +398,19 @@ static int bd_config_emit(const uint8_t *frame, size_t len, void *arg)
 
 int bd_send_config(struct bd *bd, struct bpeer *p, bool force)
 {
-	struct policy_subject subj = {.tenant = bd->cfg->tenant, .user = p->id.user};
+	struct policy_subject subj;
+	const struct segset *segs = bd_segs(bd);
 	uint64_t digest;
+	bool disabled;
 	int ret;
 
-	subj.groups = bd_user_groups(bd, p->id.user, &subj.ngroups);
-	if (!force && fwdset_digest(bd->cfg->segs, bd->cfg->pol, &subj) == p->fwd_digest)
+	bd_subject(bd, p, &subj, &disabled);
+	/* A disabled user forwards nothing. */
+	if (disabled)
+		segs = bd->none;
+	if (!force && fwdset_digest(segs, bd_pol(bd), &subj) == p->fwd_digest)
 		return 0;
-	ret = fwdset_encode(bd->cfg->segs, bd->cfg->pol, &subj, bd->cfg_version, bd_config_emit, p,
-	                    &digest);
+	ret = fwdset_encode(segs, bd_pol(bd), &subj, bd->cfg_version, bd_config_emit, p, &digest);
 	if (ret < 0) {
 		log_warnx("CONFIG to %s: %s", p->id.id, strerror(-ret));
 		return ret;

@@ -179,6 +179,7 @@ void bd_end(struct bd *bd, struct mtunnel *mt, enum mt_status st, const char *re
 	          mt->leg[0].id, mt->leg[1].id, wire_status_name(st),
 	          (unsigned long long)mt->leg[0].bytes, (unsigned long long)mt->leg[1].bytes,
 	          reason);
+	bd_mt_finish(bd, mt, st, reason);
 	mtunnel_free(bd->t, mt);
 }
 
