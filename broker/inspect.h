@@ -171,6 +171,26 @@ int inspkey_fetch(const char *dir, const char *identity_source, EVP_PKEY *wrap, 
 /* Frees (zeroes) the key and everything else; k may be NULL or empty. */
 void inspkey_clear(struct inspkey *k);
 
+/*
+ * A subscription to tenant's CRL at the CA (as for inspkey_fetch): the CA answers with the
+ * current CRL (*crl, the caller's), then pushes each new one, and the tenant's authority
+ * revocation list when it holds the root. Errors as inspkey_fetch.
+ */
+struct inspkey_sub;
+int inspkey_subscribe(const char *dir, const char *identity_source, const char *tenant,
+                      int timeout_ms, struct inspkey_sub **out, X509_CRL **crl, char *why,
+                      size_t why_len);
+/* For poll(2); with inspkey_sub_pending for what TLS has read ahead. */
+int inspkey_sub_fd(const struct inspkey_sub *sub);
+bool inspkey_sub_pending(const struct inspkey_sub *sub);
+/*
+ * Reads one push once the descriptor is readable (blocking up to the timeout): 0 and *crl,
+ * -EBADMSG for a message that is not a CRL push for the tenant, -ECONNRESET when the
+ * subscription ended (subscribe again).
+ */
+int inspkey_sub_read(struct inspkey_sub *sub, X509_CRL **crl);
+void inspkey_sub_close(struct inspkey_sub *sub); /* NULL fine */
+
 /* inspect_node.c, proxy.c: the inspection node (`mtun-broker inspect`, docs/inspection.md) */
 
 struct inspect_node;
@@ -216,8 +236,9 @@ struct proxy;
 /* Binds every listener (so that errors show at start); the node serves with proxy_run. */
 int proxy_new(struct inspect_node *n, const struct proxy_opts *o, struct proxy **out);
 /*
- * Accepts until *stop is set (checked at least once a second); a thread per connection.
- * 0, or -EBUSY when connections were still running 5 s later (then do not free p).
+ * Accepts until *stop is set (checked at least once a second); a pool of worker threads
+ * (up to max_clients) serves the connections, one each at a time. 0, or -EBUSY when
+ * connections were still running 5 s later (then do not free p).
  */
 int proxy_run(struct proxy *p, volatile int *stop);
 void proxy_free(struct proxy *p);

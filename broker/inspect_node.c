@@ -1,11 +1,13 @@
 /*
  * The inspection node (`mtun-broker inspect`): configuration, tenants, and each tenant's
  * inspection key: fetched from mtun-ca when first needed, held in secure memory, dropped
- * when idle, refreshed so that a rotation reaches the node; then the proxy (proxy.c).
+ * when idle or when the tenant's CRL (pushed by the CA) lists its intermediate, refreshed
+ * so that a rotation reaches the node; then the proxy (proxy.c).
  */
 #include <errno.h>
 #include <getopt.h>
 #include <malloc.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -43,12 +45,20 @@ struct inspect_tenant {
 	size_t nbypass, nblock;
 	bool fail_closed, error_page;
 
-	pthread_mutex_t lock; /* everything below */
+	pthread_mutex_t lock; /* everything below but the keeper's part */
+	pthread_cond_t fetch_done;
+	bool fetching; /* one fetch at a time, without the lock; others wait for it */
 	struct mint *mint;
 	STACK_OF(X509) *send; /* the intermediate and any CA below the root, sent to clients */
 	char key_id[INSPKEY_ID_MAX + 1];
 	uint64_t last_use, fetched, retry_at; /* monotonic ms */
 	bool ca_unreachable;                  /* the last fetch found no CA */
+	X509_CRL *crls[2]; /* the latest of each issuer: the tenant's CRL, its root's ARL */
+
+	/* the keeper thread's only */
+	struct inspkey_sub *sub; /* the tenant's CRL, watched while a key is held */
+	uint64_t sub_retry;
+	bool sub_failing;
 };
 
 struct inspect_node {
@@ -230,7 +240,19 @@ static void node_key_drop(struct inspect_tenant *t, const char *why)
 	t->key_id[0] = '\0';
 }
 
-/* A minter from a fetched key; takes the key. */
+/* Whether a CRL the CA sent for t lists cert's serial (under t->lock). */
+static bool node_revoked(const struct inspect_tenant *t, X509 *cert)
+{
+	X509_REVOKED *rev;
+
+	for (size_t i = 0; cert && i < 2; i++)
+		if (t->crls[i] &&
+		    X509_CRL_get0_by_serial(t->crls[i], &rev, X509_get0_serialNumber(cert)) == 1)
+			return true;
+	return false;
+}
+
+/* A minter from a fetched key; takes the key. -EKEYREVOKED: a CRL lists its intermediate. */
 static int node_key_install(struct inspect_node *n, struct inspect_tenant *t, struct inspkey *k)
 {
 	STACK_OF(X509) *send = sk_X509_new_null();
@@ -239,6 +261,10 @@ static int node_key_install(struct inspect_node *n, struct inspect_tenant *t, st
 
 	if (!send)
 		goto out;
+	if (node_revoked(t, sk_X509_value(k->certs, 0))) {
+		ret = -EKEYREVOKED;
+		goto out;
+	}
 	for (int i = 0; i < num; i++) {
 		X509 *x = sk_X509_value(k->certs, i);
 
@@ -270,21 +296,37 @@ out:
 	return ret;
 }
 
-/* Fetches t's key; the caller holds t->lock. */
+/*
+ * Fetches t's key. The caller holds t->lock, which is released while the CA answers (the
+ * keeper and other tenants' users go on); a caller that finds a fetch under way waits for
+ * its end instead.
+ */
 static void node_key_fetch(struct inspect_node *n, struct inspect_tenant *t)
 {
 	struct inspkey k;
 	char why[256];
 	int err;
 
+	if (t->fetching) {
+		while (t->fetching)
+			pthread_cond_wait(&t->fetch_done, &t->lock);
+		return;
+	}
+	t->fetching = true;
+	pthread_mutex_unlock(&t->lock);
 	err = inspkey_fetch(n->state, n->identity_source, n->wrap, t->name, n->ca_timeout, &k, why,
 	                    sizeof(why));
+	pthread_mutex_lock(&t->lock);
+	t->fetching = false;
+	pthread_cond_broadcast(&t->fetch_done);
 	if (!err) {
 		err = node_key_install(n, t, &k);
 		inspkey_clear(&k);
 		if (!err)
 			return;
-		snprintf(why, sizeof(why), "the key does not fit its certificate");
+		snprintf(why, sizeof(why), "%s",
+		         err == -EKEYREVOKED ? "the tenant's CRL lists the intermediate"
+		                             : "the key does not fit its certificate");
 	}
 	t->retry_at = node_now() + n->ca_retry;
 	t->ca_unreachable = err == -EHOSTUNREACH;
@@ -326,6 +368,115 @@ enum inspect_mode inspect_tenant_leaf(struct inspect_node *n, struct inspect_ten
 	return mode;
 }
 
+/*
+ * A CRL from the CA for t (takes it). When it lists the held key's intermediate (revoked,
+ * or rotated away) the key is zeroed and dropped at once and fetched again: after a
+ * rotation the CA hands out the new key already.
+ */
+static void node_crl_apply(struct inspect_node *n, struct inspect_tenant *t, X509_CRL *crl)
+{
+	size_t slot = 0;
+
+	pthread_mutex_lock(&t->lock);
+	if (t->crls[0] && X509_NAME_cmp(X509_CRL_get_issuer(t->crls[0]), X509_CRL_get_issuer(crl)))
+		slot = 1;
+	X509_CRL_free(t->crls[slot]);
+	t->crls[slot] = crl;
+	if (t->mint && node_revoked(t, sk_X509_value(t->send, 0))) {
+		log_event(LOG_LVL_WARN, "inspection.key_revoked", "tenant=%s key=%s", t->name,
+		          t->key_id);
+		node_key_drop(t, "revoked");
+		t->retry_at = 0;
+		node_key_fetch(n, t);
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+static void node_sub_open(struct inspect_node *n, struct inspect_tenant *t, uint64_t now)
+{
+	X509_CRL *crl = NULL;
+	char why[256];
+	int err;
+
+	err = inspkey_subscribe(n->state, n->identity_source, t->name, n->ca_timeout, &t->sub, &crl,
+	                        why, sizeof(why));
+	if (err) {
+		t->sub_retry = now + n->ca_retry;
+		/* once per outage: the CA being down is reported by the fetches too */
+		log_event(t->sub_failing ? LOG_LVL_DEBUG : LOG_LVL_WARN,
+		          "inspection.crl_subscribe_failed", "tenant=%s err=%d reason=\"%s\"",
+		          t->name, err, why);
+		t->sub_failing = true;
+		return;
+	}
+	t->sub_failing = false;
+	log_event(LOG_LVL_INFO, "inspection.crl_subscribed", "tenant=%s", t->name);
+	node_crl_apply(n, t, crl);
+}
+
+/*
+ * The keeper's wait of up to ms: subscriptions to the CRLs of the tenants whose keys are
+ * held (opened, closed when the key goes), and the pushes that arrive on them.
+ */
+static void node_watch(struct inspect_node *n, int ms)
+{
+	struct pollfd pfd[NODE_TENANTS_MAX];
+	size_t idx[NODE_TENANTS_MAX], np = 0;
+	uint64_t now = node_now();
+
+	for (size_t i = 0; i < n->ntenants && !n->stop; i++) {
+		struct inspect_tenant *t = &n->tenants[i];
+		bool held;
+
+		pthread_mutex_lock(&t->lock);
+		held = t->mint != NULL;
+		pthread_mutex_unlock(&t->lock);
+		if (!held && t->sub) {
+			inspkey_sub_close(t->sub);
+			t->sub = NULL;
+			log_event(LOG_LVL_DEBUG, "inspection.crl_unsubscribed", "tenant=%s",
+			          t->name);
+		}
+		if (held && !t->sub && now >= t->sub_retry)
+			node_sub_open(n, t, now);
+		if (!t->sub)
+			continue;
+		if (inspkey_sub_pending(t->sub))
+			ms = 0;
+		pfd[np] = (struct pollfd){.fd = inspkey_sub_fd(t->sub), .events = POLLIN};
+		idx[np++] = i;
+	}
+	if (np == 0) {
+		usleep((useconds_t)ms * 1000);
+		return;
+	}
+	if (poll(pfd, np, ms) < 0)
+		return;
+	for (size_t j = 0; j < np; j++) {
+		struct inspect_tenant *t = &n->tenants[idx[j]];
+		X509_CRL *crl = NULL;
+		int err;
+
+		if (!pfd[j].revents && !inspkey_sub_pending(t->sub))
+			continue;
+		err = inspkey_sub_read(t->sub, &crl);
+		if (!err) {
+			node_crl_apply(n, t, crl);
+			continue;
+		}
+		if (err == -EBADMSG) {
+			log_event(LOG_LVL_WARN, "inspection.crl_bad", "tenant=%s", t->name);
+			continue;
+		}
+		/* the CA went away or restarted: subscribe again after ca_retry */
+		inspkey_sub_close(t->sub);
+		t->sub = NULL;
+		t->sub_retry = node_now() + n->ca_retry;
+		log_event(LOG_LVL_INFO, "inspection.crl_unsubscribed", "tenant=%s reason=closed",
+		          t->name);
+	}
+}
+
 /* Drops idle keys, refreshes held ones (a rotation at the CA reaches us) and fills pools. */
 static void *node_keeper(void *arg)
 {
@@ -343,9 +494,10 @@ static void *node_keeper(void *arg)
 			pthread_mutex_lock(&t->lock);
 			if (t->mint && now - t->last_use >= n->key_idle)
 				node_key_drop(t, "idle");
-			refresh = t->mint && now - t->fetched >= n->key_refresh;
+			refresh = t->mint && !t->fetching && now - t->fetched >= n->key_refresh;
 			if (t->mint && !refresh)
 				mint_pool_fill(t->mint);
+			t->fetching |= refresh;
 			pthread_mutex_unlock(&t->lock);
 			if (!refresh)
 				continue;
@@ -354,6 +506,8 @@ static void *node_keeper(void *arg)
 			err = inspkey_fetch(n->state, n->identity_source, n->wrap, t->name,
 			                    n->ca_timeout, &k, why, sizeof(why));
 			pthread_mutex_lock(&t->lock);
+			t->fetching = false;
+			pthread_cond_broadcast(&t->fetch_done);
 			if (!err && t->mint && strcmp(k.key_id, t->key_id) == 0) {
 				t->fetched = now; /* the same key: keep the minter and its cache */
 			} else if (!err && t->mint) {
@@ -372,7 +526,7 @@ static void *node_keeper(void *arg)
 			pthread_mutex_unlock(&t->lock);
 			inspkey_clear(&k);
 		}
-		usleep(200 * 1000);
+		node_watch(n, 200);
 	}
 	return NULL;
 }
@@ -457,6 +611,11 @@ static int node_conf_tenant(struct inspect_node *n, size_t i)
 		}
 	}
 	if (pthread_mutex_init(&t->lock, NULL)) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (pthread_cond_init(&t->fetch_done, NULL)) {
+		pthread_mutex_destroy(&t->lock);
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -592,6 +751,10 @@ static void node_free_all(struct inspect_node *n)
 		struct inspect_tenant *t = &n->tenants[i];
 
 		node_key_drop(t, "stopped");
+		inspkey_sub_close(t->sub);
+		X509_CRL_free(t->crls[0]);
+		X509_CRL_free(t->crls[1]);
+		pthread_cond_destroy(&t->fetch_done);
 		pthread_mutex_destroy(&t->lock);
 		free(t->sources);
 		free(t->listen);

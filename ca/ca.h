@@ -35,6 +35,7 @@ struct ca_tenant {
 	X509 *issuer;          /* signs leaves and CRLs */
 	STACK_OF(X509) *chain; /* issuer first, then intermediates up to, not including, root */
 	EVP_PKEY *issuer_key;
+	EVP_PKEY *root_key; /* the signer only, when mtun-ca made the root: signs the ARL */
 };
 
 /* A certificate to issue. */
@@ -60,6 +61,13 @@ int pki_sign_leaf(const struct ca_tenant *t, EVP_PKEY *pub, const struct ca_leaf
 /* revoked: serials as hex; builds and signs the tenant's CRL. */
 int pki_make_crl(const struct ca_tenant *t, const char *const *serials, const time_t *when,
                  size_t n, long number, time_t now, X509_CRL **out);
+/*
+ * The tenant's root signs the pending inspection CSR req (its signature and O=tenant
+ * checked): CA:TRUE pathlen:0, keyCertSign and cRLSign, valid until not_after (0: a year),
+ * never past the root's own end.
+ */
+int pki_sign_inspection(const char *tenant, X509 *root, EVP_PKEY *root_key, X509_REQ *req,
+                        time_t now, time_t not_after, X509 **out);
 /* Checks issuer (first of chain) chains to root and is a CA that may sign certificates. */
 int pki_check_ca_chain(X509 *issuer, STACK_OF(X509) *chain, X509 *root, const char **why);
 /* Verifies a leaf against the tenant (chain to root, leaf usage), at now. */
@@ -109,6 +117,17 @@ int ca_db_tenant_put(struct ca_db *db, const char *tenant, const char *state, co
 int ca_db_crl_next(struct ca_db *db, const char *tenant, long *number);
 int ca_db_crl_put(struct ca_db *db, const char *tenant, const uint8_t *der, size_t len);
 int ca_db_crl_get(struct ca_db *db, const char *tenant, uint8_t **der, size_t *len);
+/* The authority revocation list (ARL): the tenant's root revoking the CAs it signed. */
+int ca_db_arl_next(struct ca_db *db, const char *tenant, long *number);
+int ca_db_arl_put(struct ca_db *db, const char *tenant, const uint8_t *der, size_t len);
+int ca_db_arl_get(struct ca_db *db, const char *tenant, uint8_t **der, size_t *len);
+/*
+ * An active tenant's root (PEM) and, when root_key is not NULL, its sealed key. -ENOKEY
+ * (root_pem still set) when mtun-ca does not hold the root's key (an imported or external
+ * CA); -ENOENT when there is no such active tenant.
+ */
+int ca_db_tenant_root(struct ca_db *db, const char *tenant, uint8_t **root_pem, size_t *root_len,
+                      uint8_t **root_key, size_t *key_len);
 
 int ca_db_token_put(struct ca_db *db, const uint8_t hash[TOKEN_HASH_LEN],
                     const struct ca_token_row *t);
@@ -133,6 +152,9 @@ int ca_db_cert_revoke(struct ca_db *db, const char *tenant, const char *role_id,
                       int64_t now, int *count);
 int ca_db_revoked_list(struct ca_db *db, const char *tenant, char ***serials, time_t **when,
                        size_t *n);
+/* Revoked inspection intermediates of tenant, with their certificates (PEM). */
+int ca_db_revoked_ca_list(struct ca_db *db, const char *tenant, char ***serials, time_t **when,
+                          char ***pems, size_t *n);
 void ca_db_strv_free(char **v, size_t n);
 
 #endif
@@ -169,6 +191,15 @@ struct ca_signer;
 /* Rebuilds and stores the tenant's CRL, signed by signer (or t's key when NULL). */
 int ca_crl_rebuild(struct ca_db *db, const struct ca_tenant *t, struct ca_signer *signer,
                    uint8_t **der, size_t *len);
+/*
+ * Rebuilds and stores the tenant's authority revocation list: signed by the tenant's root
+ * (in the signer), listing the revoked inspection intermediates that root issued. -ENOKEY
+ * when mtun-ca does not hold the root's key.
+ */
+int ca_arl_rebuild(struct ca_db *db, const struct ca_tenant *t, struct ca_signer *signer,
+                   uint8_t **der, size_t *len);
+/* Whether root issued cert (names and signature). */
+bool ca_root_issued(X509 *root, X509 *cert);
 
 /* signer.c: the child process that alone holds the KEK and the issuing keys. */
 struct ca_signer {
@@ -183,6 +214,18 @@ int ca_signer_leaf(struct ca_signer *sg, const char *tenant, X509_REQ *req, long
                    X509 **out);
 int ca_signer_crl(struct ca_signer *sg, const char *tenant, const char *const *serials,
                   const time_t *when, size_t n, long number, time_t now, X509_CRL **out);
+/* The same, signed by the tenant's root: its authority revocation list. */
+int ca_signer_arl(struct ca_signer *sg, const char *tenant, const char *const *serials,
+                  const time_t *when, size_t n, long number, time_t now, X509_CRL **out);
+/*
+ * The tenant's root signs its pending inspection CSR, which the signer reads from the
+ * store itself. *pem: the certificate, then the root. -ENOKEY: the root is not held here.
+ */
+int ca_signer_inspection(struct ca_signer *sg, const char *tenant, time_t now, char **pem,
+                         size_t *len);
+/* Signer requests of mtun-ca's own, beside lib/enroll.h's SIGN_LEAF and SIGN_CRL. */
+#define CA_SIGN_ARL        202 /* as SIGN_CRL, signed by the tenant's root */
+#define CA_SIGN_INSPECTION 203 /* tenant, time -> chain (certificate, root) */
 
 /* server.c: request handling, the TLS listener, the admin socket, CRL pushes. */
 #define CA_SUBS_MAX    256
@@ -195,6 +238,7 @@ struct ca_sub {
 	int fd;
 	SSL *ssl;
 	char tenant[IDENT_TENANT_MAX + 1];
+	bool inspector; /* also gets the tenant's authority revocation list */
 };
 
 /* A component's connection in progress: handshake, request, answer; never blocking. */
@@ -301,6 +345,10 @@ int custody_import(struct ca_db *db, const char *tenant, const uint8_t *pem, siz
  */
 int custody_revoke(struct ca_db *db, const char *tenant, time_t now, char *msg, size_t msg_size,
                    const char **why);
+/*
+ * The pending inspection CSR of tenant and the wanted end (0: unset); -ENOENT when none.
+ */
+int custody_pending_csr(struct ca_db *db, const char *tenant, X509_REQ **req, int64_t *expires);
 /* One line per key (no secrets) of tenant, or of every tenant when NULL; malloc'd. */
 int custody_status(struct ca_db *db, const char *tenant, char **out);
 int custody_tenant_private(struct ca_db *db, const char *tenant, bool private_only);
@@ -325,6 +373,8 @@ int custody_backup(struct ca_db *db, const char *path);
  *   TENANT       tenant, role = "private-only" | "shared"
  *   NODE_MARK    tenant + id = the inspector, groups = "public" | "private:TENANT"
  *   REVOKE       tenant -> message, crl = the tenant's new CRL (DER)
+ *   SIGN         tenant -> message, chain: the tenant's root (held by mtun-ca) signs the
+ *                pending CSR, which is then imported as by IMPORT
  *   KEY_GET      tenant -> serial = key id, crl = the envelope, chain = certificate + chain
  */
 enum custody_type {
@@ -335,6 +385,7 @@ enum custody_type {
 	CUSTODY_T_TENANT = 28,
 	CUSTODY_T_NODE_MARK = 29,
 	CUSTODY_T_REVOKE = 30,
+	CUSTODY_T_SIGN = 31,
 	CUSTODY_T_KEY_GET = 40,
 };
 /* server.c: answers one custody request (from says which ones it may make). */

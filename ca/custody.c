@@ -2,7 +2,9 @@
  * Inspection key custody: each tenant's inspection CA key is made here, wrapped at once to
  * the inspection nodes' public key (lib/envelope.h) and handed only to nodes allowed to
  * serve the tenant. Rotation deletes the old key from the store and from its backups and
- * revokes the old intermediate in the tenant's CRL; revocation revokes and deletes alone.
+ * revokes the old intermediate; revocation revokes and deletes alone. A revoked
+ * intermediate is listed in the tenant's CRL (which its nodes watch) and, when mtun-ca
+ * holds the root that signed it, in the root's authority revocation list.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -414,6 +416,84 @@ static int custody_revoke_certs(struct ca_db *db, const char *tenant, const char
 	return ret < 0 ? ret : 0;
 }
 
+/* Whether the tenant's root, held by mtun-ca, signed the certificate: its ARL lists it. */
+static bool custody_root_lists(struct ca_db *db, const char *tenant, const char *pem)
+{
+	STACK_OF(X509) *roots = NULL, *c = NULL;
+	uint8_t *rp = NULL;
+	size_t rl;
+	bool ok = false;
+
+	if (ca_db_tenant_root(db, tenant, &rp, &rl, NULL, NULL) == 0 &&
+	    pki_pem_read_certs(rp, rl, &roots) == 0 &&
+	    pki_pem_read_certs((const uint8_t *)pem, strlen(pem), &c) == 0)
+		ok = ca_root_issued(sk_X509_value(roots, 0), sk_X509_value(c, 0));
+	sk_X509_pop_free(roots, X509_free);
+	sk_X509_pop_free(c, X509_free);
+	free(rp);
+	return ok;
+}
+
+/* Where a verifier learns of the revocation, for the operator. */
+static void custody_where(struct ca_db *db, const char *tenant, const struct custody_certs *cs,
+                          char *out, size_t size)
+{
+	if (cs->n && custody_root_lists(db, tenant, cs->pem[0]))
+		snprintf(out, size,
+		         "the tenant's authority CRL, signed by its root, lists it (mtunctl crl "
+		         "--authority)");
+	else if (cs->n)
+		snprintf(out, size,
+		         "its root is not held by mtun-ca: the root's owner must list serial %s in "
+		         "the root's CRL (mtun hands the key out no more and its nodes drop it)",
+		         cs->serial[0]);
+	else
+		out[0] = '\0';
+}
+
+struct custody_csr_row {
+	char *pem;
+	int64_t expires;
+};
+
+static int custody_csr_row(void *arg, const struct store_val *c, size_t n)
+{
+	struct custody_csr_row *r = arg;
+
+	if (n != 2 || c[0].type != STORE_T_TEXT || c[1].type != STORE_T_INT)
+		return -EINVAL;
+	r->pem = strndup(c[0].p, c[0].len);
+	r->expires = c[1].i;
+	return r->pem ? 1 : -ENOMEM;
+}
+
+int custody_pending_csr(struct ca_db *db, const char *tenant, X509_REQ **req, int64_t *expires)
+{
+	struct custody_csr_row r = {0};
+	BIO *bio = NULL;
+	int ret;
+
+	*req = NULL;
+	*expires = 0;
+	ret = store_query(ca_db_store(db),
+	                  "SELECT csr_pem, expires FROM insp_key WHERE tenant = $1"
+	                  " AND state = 'pending-csr'",
+	                  STORE_ARGS(store_text(tenant)), custody_csr_row, &r);
+	if (!ret && !r.pem)
+		ret = -ENOENT;
+	if (ret)
+		goto out;
+	bio = BIO_new_mem_buf(r.pem, -1);
+	*req = bio ? PEM_read_bio_X509_REQ(bio, NULL, NULL, NULL) : NULL;
+	ret = *req ? 0 : -EBADMSG;
+	*expires = r.expires;
+out:
+	BIO_free(bio);
+	free(r.pem);
+	ERR_clear_error();
+	return ret;
+}
+
 int custody_import(struct ca_db *db, const char *tenant, const uint8_t *pem, size_t len, time_t now,
                    char *msg, size_t msg_size, const char **why)
 {
@@ -421,7 +501,7 @@ int custody_import(struct ca_db *db, const char *tenant, const uint8_t *pem, siz
 	struct custody_certs revoked = {0};
 	struct custody_ids old = {0};
 	STACK_OF(X509) *all = NULL;
-	char *cert_pem = NULL, *chain_pem = NULL;
+	char *cert_pem = NULL, *chain_pem = NULL, where[300];
 	size_t cl, hl;
 	struct tm tm;
 	int ret, total = 0;
@@ -512,13 +592,14 @@ int custody_import(struct ca_db *db, const char *tenant, const uint8_t *pem, siz
 			goto out;
 		}
 	}
+	custody_where(db, tenant, &revoked, where, sizeof(where));
 	if (old.n)
 		snprintf(msg, msg_size,
 		         "key %s active; old key %s%s deleted from the store and from %d "
-		         "backup(s)%s%s%s",
+		         "backup(s)%s%s%s%s",
 		         p.key_id, old.id[0], old.n > 1 ? " (and others)" : "", total,
 		         revoked.n ? "; old intermediate " : "", revoked.n ? revoked.serial[0] : "",
-		         revoked.n ? " revoked (the tenant's CRL lists it)" : "");
+		         revoked.n ? " revoked: " : "", where);
 	else
 		snprintf(msg, msg_size, "key %s active", p.key_id);
 	log_info("inspection: %s: %s", tenant, msg);
@@ -539,6 +620,7 @@ int custody_revoke(struct ca_db *db, const char *tenant, time_t now, char *msg, 
                    const char **why)
 {
 	struct custody_certs cs = {0};
+	char where[300];
 	int ret, total = 0;
 	size_t i;
 
@@ -579,10 +661,11 @@ int custody_revoke(struct ca_db *db, const char *tenant, time_t now, char *msg, 
 		*why = "revoked and deleted from the store, but a backup could not be rewritten";
 		goto out;
 	}
+	custody_where(db, tenant, &cs, where, sizeof(where));
 	snprintf(msg, msg_size,
-	         "intermediate %s (key %s)%s revoked; the tenant's CRL lists it; key deleted "
-	         "from the store and from %d backup(s)",
-	         cs.serial[0], cs.id[0], cs.n > 1 ? " and others" : "", total);
+	         "intermediate %s (key %s)%s revoked; %s; key deleted from the store and from %d "
+	         "backup(s)",
+	         cs.serial[0], cs.id[0], cs.n > 1 ? " and others" : "", where, total);
 	log_info("inspection: %s: %s", tenant, msg);
 out:
 	custody_certs_free(&cs);

@@ -1,7 +1,8 @@
 /*
  * The CA's tables in the store (lib/store.h): tenants with their sealed keys, the CA's
  * TLS identity, token hashes, issued certificates, revocations, CRLs, request nonces and
- * the audit log. Schema version "ca" 1; 2 adds inspection key custody (custody.c).
+ * the audit log. Schema version "ca" 1; 2 adds inspection key custody (custody.c); 3 the
+ * authority revocation list (the tenant's root revoking the inspection intermediates).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -51,6 +52,9 @@ static const struct store_migration ca_migrations[] = {
      " tenant TEXT NOT NULL, key_id TEXT NOT NULL, granted INTEGER NOT NULL,"
      " reason TEXT NOT NULL);"
      "CREATE TABLE backup (path TEXT PRIMARY KEY, created INTEGER NOT NULL)"},
+    {3, "authority revocation lists, signed by the tenant's root when mtun-ca holds it",
+     "ALTER TABLE tenant ADD COLUMN arl_number INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE tenant ADD COLUMN arl_der BLOB"},
 };
 
 int ca_db_open(const char *path, struct ca_db **out)
@@ -293,6 +297,77 @@ int ca_db_crl_get(struct ca_db *db, const char *tenant, uint8_t **der, size_t *l
 	*der = c.p[0];
 	*len = c.len[0];
 	return 0;
+}
+
+int ca_db_arl_next(struct ca_db *db, const char *tenant, long *number)
+{
+	int64_t v;
+	int ret;
+
+	ret = ca_db_exec(db, "UPDATE tenant SET arl_number = arl_number + 1 WHERE name = $1",
+	                 STORE_ARGS(store_text(tenant)));
+	if (!ret)
+		ret = store_query_int(db->st, "SELECT arl_number FROM tenant WHERE name = $1",
+		                      STORE_ARGS(store_text(tenant)), &v);
+	if (!ret)
+		*number = (long)v;
+	return ret;
+}
+
+int ca_db_arl_put(struct ca_db *db, const char *tenant, const uint8_t *der, size_t len)
+{
+	return ca_db_exec(db, "UPDATE tenant SET arl_der = $1 WHERE name = $2",
+	                  STORE_ARGS(store_blob(der, len), store_text(tenant)));
+}
+
+int ca_db_arl_get(struct ca_db *db, const char *tenant, uint8_t **der, size_t *len)
+{
+	struct ca_db_cols c = {.n = 1};
+	int ret;
+
+	*der = NULL;
+	ret = store_query(db->st, "SELECT arl_der FROM tenant WHERE name = $1",
+	                  STORE_ARGS(store_text(tenant)), ca_db_cols_row, &c);
+	if (!ret && !c.p[0])
+		ret = -ENOENT;
+	if (ret) {
+		ca_db_cols_free(&c);
+		return ret;
+	}
+	*der = c.p[0];
+	*len = c.len[0];
+	return 0;
+}
+
+int ca_db_tenant_root(struct ca_db *db, const char *tenant, uint8_t **root_pem, size_t *root_len,
+                      uint8_t **root_key, size_t *key_len)
+{
+	struct ca_db_cols c = {.n = 2};
+	int ret;
+
+	*root_pem = NULL;
+	if (root_key)
+		*root_key = NULL;
+	ret = store_query(
+	    db->st, "SELECT root_pem, root_key FROM tenant WHERE name = $1 AND state = 'active'",
+	    STORE_ARGS(store_text(tenant)), ca_db_cols_row, &c);
+	if (!ret && (!c.found || !c.p[0]))
+		ret = -ENOENT;
+	if (!ret && !c.p[1])
+		ret = -ENOKEY;
+	if (ret && ret != -ENOKEY) {
+		ca_db_cols_free(&c);
+		return ret;
+	}
+	*root_pem = c.p[0];
+	*root_len = c.len[0];
+	if (root_key) {
+		*root_key = c.p[1];
+		*key_len = c.len[1];
+	} else {
+		free(c.p[1]); /* sealed: ciphertext */
+	}
+	return ret;
 }
 
 int ca_db_token_put(struct ca_db *db, const uint8_t hash[TOKEN_HASH_LEN],
@@ -569,6 +644,55 @@ int ca_db_revoked_list(struct ca_db *db, const char *tenant, char ***serials, ti
 	*serials = r.v;
 	*when = r.w;
 	*n = r.n;
+	return 0;
+}
+
+struct ca_db_revoked_ca {
+	struct ca_db_revoked r;
+	char **pem;
+};
+
+static int ca_db_revoked_ca_row(void *arg, const struct store_val *c, size_t ncols)
+{
+	struct ca_db_revoked_ca *rc = arg;
+	char **np;
+	int ret;
+
+	if (ncols < 3 || c[2].type != STORE_T_TEXT)
+		return -EINVAL;
+	np = realloc(rc->pem, (rc->r.n + 1) * sizeof(*np));
+	if (!np)
+		return -ENOMEM;
+	rc->pem = np;
+	rc->pem[rc->r.n] = strndup(c[2].p, c[2].len);
+	if (!rc->pem[rc->r.n])
+		return -ENOMEM;
+	ret = ca_db_revoked_row(&rc->r, c, ncols);
+	if (ret)
+		free(rc->pem[rc->r.n]);
+	return ret;
+}
+
+int ca_db_revoked_ca_list(struct ca_db *db, const char *tenant, char ***serials, time_t **when,
+                          char ***pems, size_t *n)
+{
+	struct ca_db_revoked_ca rc = {0};
+	int ret;
+
+	ret = store_query(db->st,
+	                  "SELECT serial, revoked, pem FROM cert WHERE tenant = $1 AND revoked != 0"
+	                  " AND role = 'inspection-ca' ORDER BY serial",
+	                  STORE_ARGS(store_text(tenant)), ca_db_revoked_ca_row, &rc);
+	if (ret) {
+		ca_db_strv_free(rc.r.v, rc.r.n);
+		ca_db_strv_free(rc.pem, rc.r.n);
+		free(rc.r.w);
+		return ret;
+	}
+	*serials = rc.r.v;
+	*when = rc.r.w;
+	*pems = rc.pem;
+	*n = rc.r.n;
 	return 0;
 }
 

@@ -168,6 +168,46 @@ out:
 	return ret;
 }
 
+int pki_sign_inspection(const char *tenant, X509 *root, EVP_PKEY *root_key, X509_REQ *req,
+                        time_t now, time_t not_after, X509 **out)
+{
+	EVP_PKEY *pub = X509_REQ_get0_pubkey(req);
+	X509_NAME *subject = X509_REQ_get_subject_name(req);
+	char org[IDENT_TENANT_MAX + 2];
+	struct tm tm;
+	time_t root_end;
+	X509 *x = NULL;
+	int ret = -EINVAL;
+
+	*out = NULL;
+	if (!pub || X509_REQ_verify(req, pub) != 1 ||
+	    X509_NAME_get_text_by_NID(subject, NID_organizationName, org, sizeof(org)) < 0 ||
+	    strcmp(org, tenant) != 0 || ASN1_TIME_to_tm(X509_get0_notAfter(root), &tm) != 1)
+		goto out;
+	root_end = timegm(&tm);
+	if (not_after <= now)
+		not_after = now + 365L * 86400;
+	if (not_after > root_end)
+		not_after = root_end; /* nothing outlives its root */
+	if (not_after < now + 86400)
+		goto out;
+	ret = -EIO;
+	x = pki_cert_new(subject, X509_get_subject_name(root), pub, now, (long)(not_after - now));
+	if (!x || pki_add_ext(x, root, NULL, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") ||
+	    pki_add_ext(x, root, NULL, NID_key_usage, "critical,keyCertSign,cRLSign") ||
+	    pki_add_ext(x, root, NULL, NID_subject_key_identifier, "hash") ||
+	    pki_add_ext(x, root, NULL, NID_authority_key_identifier, "keyid:always") ||
+	    !X509_sign(x, root_key, pki_md(root_key)))
+		goto out;
+	*out = x;
+	x = NULL;
+	ret = 0;
+out:
+	ERR_clear_error();
+	X509_free(x);
+	return ret;
+}
+
 int pki_make_service(EVP_PKEY *key, time_t now, X509 **out)
 {
 	X509_NAME *name = pki_name("mtun", NULL, "mtun-ca");
@@ -566,5 +606,6 @@ void ca_tenant_clear(struct ca_tenant *t)
 	X509_free(t->root);
 	sk_X509_pop_free(t->chain, X509_free);
 	EVP_PKEY_free(t->issuer_key);
+	EVP_PKEY_free(t->root_key);
 	memset(t, 0, sizeof(*t));
 }

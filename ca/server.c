@@ -405,9 +405,12 @@ static bool ca_crl_stale(const uint8_t *der, size_t len, time_t now)
 	return stale;
 }
 
-/* The tenant's current CRL (malloc'd), rebuilt when missing or stale; *rebuilt says so. */
-static int ca_crl_current(struct ca_server *s, const char *tenant, uint8_t **der, size_t *len,
-                          bool *rebuilt)
+/*
+ * The tenant's current CRL, or with authority its ARL (malloc'd), rebuilt when missing or
+ * stale; *rebuilt says so. -ENOKEY: an ARL, but mtun-ca does not hold the tenant's root.
+ */
+static int ca_crl_current(struct ca_server *s, const char *tenant, bool authority, uint8_t **der,
+                          size_t *len, bool *rebuilt)
 {
 	const struct ca_tenant *t = ca_server_tenant(s, tenant);
 	uint8_t *d;
@@ -416,14 +419,16 @@ static int ca_crl_current(struct ca_server *s, const char *tenant, uint8_t **der
 	*rebuilt = false;
 	if (!t)
 		return -ENOENT;
-	ret = ca_db_crl_get(s->db, tenant, der, len);
+	ret = authority ? ca_db_arl_get(s->db, tenant, der, len)
+	                : ca_db_crl_get(s->db, tenant, der, len);
 	if (ret == 0 && !ca_crl_stale(*der, *len, time(NULL)))
 		return 0;
 	if (ret && ret != -ENOENT)
 		return ret;
 	free(*der);
 	*der = NULL;
-	ret = ca_crl_rebuild(s->db, t, s->signer, &d, len);
+	ret = authority ? ca_arl_rebuild(s->db, t, s->signer, &d, len)
+	                : ca_crl_rebuild(s->db, t, s->signer, &d, len);
 	if (ret)
 		return ret;
 	*der = malloc(*len);
@@ -434,7 +439,7 @@ static int ca_crl_current(struct ca_server *s, const char *tenant, uint8_t **der
 	return *der ? 0 : -ENOMEM;
 }
 
-static int ca_answer_crl(struct ca_server *s, const char *tenant, const char *event,
+static int ca_answer_crl(struct ca_server *s, const char *tenant, bool authority, const char *event,
                          struct enroll_buf *resp)
 {
 	uint8_t *der = NULL;
@@ -442,10 +447,15 @@ static int ca_answer_crl(struct ca_server *s, const char *tenant, const char *ev
 	size_t len;
 	int ret;
 
-	ret = ca_crl_current(s, tenant, &der, &len, &rebuilt);
+	ret = ca_crl_current(s, tenant, authority, &der, &len, &rebuilt);
 	if (ret)
 		return ca_refuse(s, resp, event, tenant,
-		                 ret == -ENOENT ? "unknown tenant" : "cannot build the CRL");
+		                 ret == -ENOENT ? "unknown tenant"
+		                 : ret == -ENOKEY
+		                     ? "mtun-ca does not hold this tenant's root, so it "
+		                       "has no authority CRL: the root's owner publishes "
+		                       "the root's CRL"
+		                     : "cannot build the CRL");
 	ret = ca_ok(resp);
 	if (!ret)
 		ret = enroll_buf_put(resp, ET_CRL, der, len);
@@ -453,7 +463,9 @@ static int ca_answer_crl(struct ca_server *s, const char *tenant, const char *ev
 	return ret;
 }
 
-static void ca_push_crl(struct ca_server *s, const char *tenant, const uint8_t *der, size_t len)
+/* To the tenant's subscribers; an ARL (authority) to inspection nodes only. */
+static void ca_push_crl(struct ca_server *s, const char *tenant, bool authority, const uint8_t *der,
+                        size_t len)
 {
 	struct enroll_buf b = {0};
 	size_t i = 0;
@@ -466,12 +478,13 @@ static void ca_push_crl(struct ca_server *s, const char *tenant, const uint8_t *
 	while (i < s->nsubs) {
 		struct ca_sub *sub = &s->subs[i];
 
-		if (strcmp(sub->tenant, tenant) != 0) {
+		if (strcmp(sub->tenant, tenant) != 0 || (authority && !sub->inspector)) {
 			i++;
 			continue;
 		}
 		if (enroll_ssl_send(sub->ssl, &b) == 0) {
-			log_event(LOG_LVL_INFO, "crl.push", "tenant=%s fd=%d", tenant, sub->fd);
+			log_event(LOG_LVL_INFO, "crl.push", "tenant=%s fd=%d%s", tenant, sub->fd,
+			          authority ? " authority=1" : "");
 			i++;
 			continue;
 		}
@@ -521,7 +534,7 @@ static int ca_handle_revoke(struct ca_server *s, const struct enroll_msg *m,
 	         target[0] ? "component=" : "serial=", target[0] ? target : serial, count);
 	ca_db_audit(s->db, "revoke", tenant, detail);
 	log_event(LOG_LVL_INFO, "revoke", "tenant=%s %s", tenant, detail);
-	ca_push_crl(s, tenant, der, len);
+	ca_push_crl(s, tenant, false, der, len);
 	snprintf(msg, sizeof(msg), "revoked %d certificate(s)", count);
 	ret = ca_ok(resp);
 	if (!ret)
@@ -702,14 +715,14 @@ static int ca_custody_csr(struct ca_server *s, const struct enroll_msg *m, bool 
 
 /*
  * After an inspection intermediate is revoked (revoke, or an import that rotated): the
- * tenant's CRL rebuilt and pushed, and returned in resp when given. Nothing when the tenant
- * has no CA here to sign one.
+ * tenant's CRL rebuilt and pushed (its nodes watch it), and returned in resp when given;
+ * then the root's ARL, when the root is held here. Nothing when the tenant has no CA here.
  */
 static int ca_custody_crl(struct ca_server *s, const char *tenant, struct enroll_buf *resp)
 {
 	const struct ca_tenant *t = ca_server_tenant(s, tenant);
-	uint8_t *der = NULL;
-	size_t len;
+	uint8_t *der = NULL, *arl = NULL;
+	size_t len, alen;
 	int ret;
 
 	if (!t) {
@@ -727,10 +740,80 @@ static int ca_custody_crl(struct ca_server *s, const char *tenant, struct enroll
 		OPENSSL_free(der);
 		return ret;
 	}
-	ca_push_crl(s, tenant, der, len);
+	ca_push_crl(s, tenant, false, der, len);
 	if (resp)
 		ret = enroll_buf_put(resp, ET_CRL, der, len);
 	OPENSSL_free(der);
+	if (ca_db_begin(s->db) == 0) {
+		int r = ca_arl_rebuild(s->db, t, s->signer, &arl, &alen);
+
+		if (!r && ca_db_commit(s->db) == 0) {
+			log_event(LOG_LVL_INFO, "inspection.arl", "tenant=%s bytes=%zu", tenant,
+			          alen);
+			ca_push_crl(s, tenant, true, arl, alen);
+		} else {
+			ca_db_rollback(s->db);
+			if (r != -ENOKEY)
+				log_event(LOG_LVL_WARN, "inspection.arl_fail", "tenant=%s err=%d",
+				          tenant, r);
+		}
+		OPENSSL_free(arl);
+	}
+	return ret;
+}
+
+/*
+ * The tenant's root, when mtun-ca made it (tenant init), signs the pending inspection CSR
+ * in the signer process; the certificate is then imported as `inspection import` does, so
+ * the root's ARL can revoke it.
+ */
+static int ca_custody_sign(struct ca_server *s, const struct enroll_msg *m, struct enroll_buf *resp)
+{
+	char tenant[IDENT_TENANT_MAX + 1] = "", msg[512];
+	const char *ev = "inspection.sign_fail", *why = "";
+	X509_REQ *req = NULL;
+	int64_t expires;
+	uint8_t *rp = NULL;
+	char *pem = NULL;
+	size_t rl, len;
+	int ret;
+
+	if (enroll_msg_str(m, ET_TENANT, tenant, sizeof(tenant)) != 0)
+		return ca_refuse(s, resp, ev, "", "sign needs a tenant");
+	ret = ca_db_tenant_root(s->db, tenant, &rp, &rl, NULL, NULL);
+	free(rp);
+	if (ret == -ENOKEY)
+		return ca_refuse(s, resp, ev, tenant,
+		                 "mtun-ca does not hold this tenant's root: the root's owner signs "
+		                 "the CSR, then inspection import");
+	if (ret)
+		return ca_refuse(s, resp, ev, tenant, "unknown tenant");
+	ret = custody_pending_csr(s->db, tenant, &req, &expires);
+	X509_REQ_free(req);
+	if (ret)
+		return ca_refuse(s, resp, ev, tenant,
+		                 "no pending inspection key for this tenant (run csr or rotate)");
+	if (!s->signer)
+		return ca_refuse(s, resp, ev, tenant, "no signer process");
+	ret = ca_signer_inspection(s->signer, tenant, time(NULL), &pem, &len);
+	if (ret)
+		return ca_refuse(s, resp, ev, tenant, "the root's signer refused the CSR");
+	ret = custody_import(s->db, tenant, (const uint8_t *)pem, len, time(NULL), msg, sizeof(msg),
+	                     &why);
+	if (ret) {
+		free(pem);
+		return ca_refuse(s, resp, ev, tenant,
+		                 why[0] ? why : "cannot import the signed certificate");
+	}
+	log_event(LOG_LVL_INFO, "inspection.sign", "tenant=%s %s", tenant, msg);
+	if (strstr(msg, "revoked"))
+		ca_custody_crl(s, tenant, NULL);
+	ret = ca_ok(resp);
+	if (!ret)
+		ret = enroll_buf_put_str(resp, ET_LIST, pem);
+	if (!ret)
+		ret = enroll_buf_put_str(resp, ET_MESSAGE, msg);
+	free(pem);
 	return ret;
 }
 
@@ -752,6 +835,8 @@ int ca_handle_custody(struct ca_server *s, enum ca_origin from, const struct enr
 	case CUSTODY_T_CSR:
 	case CUSTODY_T_ROTATE:
 		return ca_custody_csr(s, m, m->type == CUSTODY_T_ROTATE, resp);
+	case CUSTODY_T_SIGN:
+		return ca_custody_sign(s, m, resp);
 	case CUSTODY_T_IMPORT:
 		if (enroll_msg_str(m, ET_TENANT, tenant, sizeof(tenant)) != 0 ||
 		    !enroll_msg_has(m, ET_CHAIN))
@@ -820,6 +905,15 @@ int ca_handle_custody(struct ca_server *s, enum ca_origin from, const struct enr
 	}
 }
 
+/* A CRL request for the tenant's authority revocation list: role "authority". */
+static bool ca_wants_arl(const struct enroll_msg *m)
+{
+	char what[16];
+
+	return enroll_msg_str(m, ET_ROLE, what, sizeof(what)) == 0 &&
+	       strcmp(what, "authority") == 0;
+}
+
 int ca_handle(struct ca_server *s, enum ca_origin from, const uint8_t *req, size_t len, X509 *peer,
               struct enroll_buf *resp, char sub_tenant[IDENT_TENANT_MAX + 1])
 {
@@ -846,7 +940,7 @@ int ca_handle(struct ca_server *s, enum ca_origin from, const uint8_t *req, size
 		case ENROLL_T_CRL_ADMIN:
 			if (enroll_msg_str(&m, ET_TENANT, tenant, sizeof(tenant)) != 0)
 				return ca_refuse(s, resp, "crl.fail", "", "crl needs a tenant");
-			return ca_answer_crl(s, tenant, "crl.fail", resp);
+			return ca_answer_crl(s, tenant, ca_wants_arl(&m), "crl.fail", resp);
 		case CUSTODY_T_CSR:
 		case CUSTODY_T_ROTATE:
 		case CUSTODY_T_IMPORT:
@@ -854,6 +948,7 @@ int ca_handle(struct ca_server *s, enum ca_origin from, const uint8_t *req, size
 		case CUSTODY_T_TENANT:
 		case CUSTODY_T_NODE_MARK:
 		case CUSTODY_T_REVOKE:
+		case CUSTODY_T_SIGN:
 			return ca_handle_custody(s, from, &m, peer, resp);
 		default:
 			return ca_refuse(s, resp, "request.fail", "", "not an admin request type");
@@ -867,19 +962,26 @@ int ca_handle(struct ca_server *s, enum ca_origin from, const uint8_t *req, size
 	case ENROLL_T_CRL_GET:
 		if (enroll_msg_str(&m, ET_TENANT, tenant, sizeof(tenant)) != 0)
 			return ca_refuse(s, resp, "crl.fail", "", "crl needs a tenant");
-		return ca_answer_crl(s, tenant, "crl.fail", resp);
+		return ca_answer_crl(s, tenant, ca_wants_arl(&m), "crl.fail", resp);
 	case ENROLL_T_CRL_SUBSCRIBE:
 		memset(&id, 0, sizeof(id));
 		why = ca_check_peer(s, peer, &id, &t, serial);
 		if (!why && id.role != MT_ROLE_BROKER && id.role != MT_ROLE_INSPECTOR)
 			why = "only brokers and inspectors subscribe to CRLs";
+		/* an inspection node watches the tenants it holds keys for: CRLs are public */
+		snprintf(tenant, sizeof(tenant), "%s", id.tenant);
+		if (!why && id.role == MT_ROLE_INSPECTOR && enroll_msg_has(&m, ET_TENANT) &&
+		    (enroll_msg_str(&m, ET_TENANT, tenant, sizeof(tenant)) != 0 ||
+		     !ident_valid_tenant(tenant)))
+			why = "not a tenant name";
 		if (why)
 			return ca_refuse(s, resp, "crl.subscribe_fail", id.tenant, why);
-		ret = ca_answer_crl(s, id.tenant, "crl.subscribe_fail", resp);
+		ret = ca_answer_crl(s, tenant, false, "crl.subscribe_fail", resp);
 		if (ret)
 			return ret;
-		snprintf(sub_tenant, IDENT_TENANT_MAX + 1, "%s", id.tenant);
-		log_event(LOG_LVL_INFO, "crl.subscribe", "tenant=%s id=%s", id.tenant, id.id);
+		snprintf(sub_tenant, IDENT_TENANT_MAX + 1, "%s", tenant);
+		log_event(LOG_LVL_INFO, "crl.subscribe", "tenant=%s id=%s/%s", tenant, id.tenant,
+		          id.id);
 		return CA_KEEP_OPEN;
 	case CUSTODY_T_KEY_GET:
 		return ca_handle_custody(s, from, &m, peer, resp);
@@ -1123,6 +1225,13 @@ static void ca_conn_subscribe(struct ca_server *s, size_t i)
 	sub->fd = c->fd;
 	sub->ssl = c->ssl;
 	memcpy(sub->tenant, c->sub_tenant, sizeof(sub->tenant));
+	{
+		struct ident pid;
+		X509 *peer = SSL_get0_peer_certificate(c->ssl);
+
+		sub->inspector =
+		    peer && enroll_cert_ident(peer, &pid) == 0 && pid.role == MT_ROLE_INSPECTOR;
+	}
 	free(c->req);
 	enroll_buf_free(&c->resp);
 	s->conns[i] = s->conns[--s->nconns];
@@ -1183,7 +1292,7 @@ out:
 	close(fd);
 }
 
-/* Keeps every loaded tenant's CRL fresh, pushing a rebuilt one to its subscribers. */
+/* Keeps every loaded tenant's CRL and ARL fresh, pushing rebuilt ones to subscribers. */
 static void ca_crl_refresh(struct ca_server *s)
 {
 	for (size_t i = 0; i < s->ntenants; i++) {
@@ -1191,8 +1300,15 @@ static void ca_crl_refresh(struct ca_server *s)
 		bool rebuilt;
 		size_t len;
 
-		if (ca_crl_current(s, s->tenants[i]->name, &der, &len, &rebuilt) == 0 && rebuilt)
-			ca_push_crl(s, s->tenants[i]->name, der, len);
+		if (ca_crl_current(s, s->tenants[i]->name, false, &der, &len, &rebuilt) == 0 &&
+		    rebuilt)
+			ca_push_crl(s, s->tenants[i]->name, false, der, len);
+		free(der);
+		der = NULL;
+		/* the ARL on the same schedule, where the root is held here */
+		if (ca_crl_current(s, s->tenants[i]->name, true, &der, &len, &rebuilt) == 0 &&
+		    rebuilt)
+			ca_push_crl(s, s->tenants[i]->name, true, der, len);
 		free(der);
 	}
 }

@@ -1,8 +1,10 @@
 /*
  * The signer: a child process that alone holds the key-encryption secret and the
  * tenants' issuing keys (privilege separation, as relayd keeps keys away from the
- * network). The serving process asks it, over a socketpair, to sign a leaf for a CSR or
- * a tenant's CRL; it re-checks each request and never returns a key.
+ * network). The serving process asks it, over a socketpair, to sign a leaf for a CSR, a
+ * tenant's CRL, and with the tenant's root (when mtun-ca made it) the authority revocation
+ * list or the pending inspection intermediate; it re-checks each request and never returns
+ * a key.
  */
 #include <errno.h>
 #include <signal.h>
@@ -83,11 +85,12 @@ out:
 	return ret;
 }
 
-/* ET_LIST: one "SERIALHEX UNIXTIME" per line. */
+/* ET_LIST: one "SERIALHEX UNIXTIME" per line. authority: signed by the root (the ARL). */
 static int signer_crl(struct signer_state *st, const struct enroll_msg *m, const char *tenant,
-                      struct enroll_buf *resp)
+                      bool authority, struct enroll_buf *resp)
 {
 	const struct ca_tenant *t = signer_tenant(st, tenant);
+	struct ca_tenant root;
 	char **serials = NULL, *list = NULL, *line, *save = NULL, num[32];
 	time_t *when = NULL;
 	size_t n = 0, cap = 0;
@@ -99,6 +102,14 @@ static int signer_crl(struct signer_state *st, const struct enroll_msg *m, const
 	if (!t || enroll_msg_str(m, ET_SERIAL, num, sizeof(num)) ||
 	    enroll_msg_u64(m, ET_TIME, &now))
 		return -EINVAL;
+	if (authority && !t->root_key)
+		return -ENOKEY;
+	if (authority) {
+		memset(&root, 0, sizeof(root));
+		root.issuer = t->root;
+		root.issuer_key = t->root_key;
+		t = &root;
+	}
 	if (enroll_msg_has(m, ET_LIST)) {
 		list = strndup((const char *)m->v[ET_LIST].p, m->v[ET_LIST].len);
 		if (!list)
@@ -149,6 +160,46 @@ out:
 	return ret;
 }
 
+/* The tenant's root signs the pending inspection CSR, read here from the store. */
+static int signer_inspection(struct signer_state *st, const struct enroll_msg *m,
+                             const char *tenant, struct enroll_buf *resp)
+{
+	const struct ca_tenant *t = signer_tenant(st, tenant);
+	STACK_OF(X509) *rest = NULL;
+	X509_REQ *req = NULL;
+	X509 *x = NULL;
+	int64_t expires = 0;
+	uint64_t now;
+	char *pem = NULL;
+	size_t len;
+	int ret;
+
+	if (!t || enroll_msg_u64(m, ET_TIME, &now) || now > INT64_MAX)
+		return -EINVAL;
+	if (!t->root_key)
+		return -ENOKEY;
+	ret = custody_pending_csr(st->db, tenant, &req, &expires);
+	if (!ret)
+		ret = pki_sign_inspection(tenant, t->root, t->root_key, req, (time_t)now,
+		                          (time_t)expires, &x);
+	if (ret)
+		goto out;
+	rest = sk_X509_new_null();
+	ret = rest && sk_X509_push(rest, t->root) ? 0 : -ENOMEM;
+	if (!ret)
+		ret = pki_pem_of_chain(x, rest, &pem, &len);
+	if (!ret)
+		ret = enroll_buf_put(resp, ET_CHAIN, pem, len);
+	if (!ret)
+		log_event(LOG_LVL_INFO, "signer.inspection", "tenant=%s", tenant);
+out:
+	sk_X509_free(rest); /* the root stays the tenant's */
+	free(pem);
+	X509_free(x);
+	X509_REQ_free(req);
+	return ret;
+}
+
 static noreturn void signer_main(int fd, const char *db_path, const struct ca_secret *kek)
 {
 	struct signer_state st = {.kek = kek};
@@ -180,8 +231,10 @@ static noreturn void signer_main(int fd, const char *db_path, const struct ca_se
 			ret = -EINVAL;
 		if (!ret && m.type == ENROLL_T_SIGN_LEAF)
 			ret = signer_leaf(&st, &m, tenant, &resp);
-		else if (!ret && m.type == ENROLL_T_SIGN_CRL)
-			ret = signer_crl(&st, &m, tenant, &resp);
+		else if (!ret && (m.type == ENROLL_T_SIGN_CRL || m.type == CA_SIGN_ARL))
+			ret = signer_crl(&st, &m, tenant, m.type == CA_SIGN_ARL, &resp);
+		else if (!ret && m.type == CA_SIGN_INSPECTION)
+			ret = signer_inspection(&st, &m, tenant, &resp);
 		else if (!ret)
 			ret = -EINVAL;
 		if (ret) {
@@ -303,8 +356,9 @@ int ca_signer_leaf(struct ca_signer *sg, const char *tenant, X509_REQ *req, long
 	return ret;
 }
 
-int ca_signer_crl(struct ca_signer *sg, const char *tenant, const char *const *serials,
-                  const time_t *when, size_t n, long number, time_t now, X509_CRL **out)
+static int signer_ask_crl(struct ca_signer *sg, int type, const char *tenant,
+                          const char *const *serials, const time_t *when, size_t n, long number,
+                          time_t now, X509_CRL **out)
 {
 	struct enroll_buf b = {0};
 	struct enroll_msg m;
@@ -326,7 +380,7 @@ int ca_signer_crl(struct ca_signer *sg, const char *tenant, const char *const *s
 		return -ENOMEM;
 	}
 	snprintf(num, sizeof(num), "%ld", number);
-	ret = enroll_buf_init(&b, ENROLL_T_SIGN_CRL);
+	ret = enroll_buf_init(&b, (enum enroll_type)type);
 	if (!ret)
 		ret = enroll_buf_put_str(&b, ET_TENANT, tenant);
 	if (!ret)
@@ -344,6 +398,46 @@ int ca_signer_crl(struct ca_signer *sg, const char *tenant, const char *const *s
 	}
 	free(buf);
 	free(list);
+	enroll_buf_free(&b);
+	return ret;
+}
+
+int ca_signer_crl(struct ca_signer *sg, const char *tenant, const char *const *serials,
+                  const time_t *when, size_t n, long number, time_t now, X509_CRL **out)
+{
+	return signer_ask_crl(sg, ENROLL_T_SIGN_CRL, tenant, serials, when, n, number, now, out);
+}
+
+int ca_signer_arl(struct ca_signer *sg, const char *tenant, const char *const *serials,
+                  const time_t *when, size_t n, long number, time_t now, X509_CRL **out)
+{
+	return signer_ask_crl(sg, CA_SIGN_ARL, tenant, serials, when, n, number, now, out);
+}
+
+int ca_signer_inspection(struct ca_signer *sg, const char *tenant, time_t now, char **pem,
+                         size_t *len)
+{
+	struct enroll_buf b = {0};
+	struct enroll_msg m;
+	uint8_t *buf = NULL;
+	int ret;
+
+	*pem = NULL;
+	ret = enroll_buf_init(&b, (enum enroll_type)CA_SIGN_INSPECTION);
+	if (!ret)
+		ret = enroll_buf_put_str(&b, ET_TENANT, tenant);
+	if (!ret)
+		ret = enroll_buf_put_u64(&b, ET_TIME, (uint64_t)now);
+	if (!ret)
+		ret = signer_call(sg, &b, &buf, &m);
+	if (!ret && !enroll_msg_has(&m, ET_CHAIN))
+		ret = -EBADMSG;
+	if (!ret) {
+		*pem = strndup((const char *)m.v[ET_CHAIN].p, m.v[ET_CHAIN].len);
+		*len = m.v[ET_CHAIN].len;
+		ret = *pem ? 0 : -ENOMEM;
+	}
+	free(buf);
 	enroll_buf_free(&b);
 	return ret;
 }

@@ -349,6 +349,39 @@ out:
 	return ret;
 }
 
+/*
+ * The root's key, when tenant init made it here (the root signs the ARL). A key that does
+ * not open leaves the tenant without an ARL, not without its issuing CA.
+ */
+static void ca_tenant_load_root_key(struct ca_db *db, const struct ca_secret *kek,
+                                    struct ca_tenant *t)
+{
+	uint8_t *pem = NULL, *skey = NULL;
+	size_t lp, lk = 0;
+	int ret;
+
+	ret = ca_db_tenant_root(db, t->name, &pem, &lp, &skey, &lk);
+	free(pem);
+	if (ret == -ENOKEY)
+		return;
+	if (!ret) {
+		ret = keyfile_open(skey, lk, KEYFILE_KEK, kek->p, kek->len, &t->root_key);
+		if (ret)
+			log_warnx("tenant %s: cannot open its root key: %s", t->name,
+			          keyfile_strerror(ret, KEYFILE_KEK));
+	}
+	if (!ret && X509_check_private_key(t->root, t->root_key) != 1) {
+		log_warnx("tenant %s: the stored root key is not the root's", t->name);
+		ret = -EINVAL;
+	}
+	ERR_clear_error();
+	free(skey);
+	if (ret) {
+		EVP_PKEY_free(t->root_key);
+		t->root_key = NULL;
+	}
+}
+
 int ca_tenant_load(struct ca_db *db, const struct ca_secret *kek, const char *tenant,
                    struct ca_tenant *t)
 {
@@ -379,9 +412,12 @@ int ca_tenant_load(struct ca_db *db, const struct ca_secret *kek, const char *te
 	if (!kek)
 		goto out;
 	ret = keyfile_open(skey, lk, KEYFILE_KEK, kek->p, kek->len, &t->issuer_key);
-	if (ret)
+	if (ret) {
 		log_warnx("tenant %s: cannot open its issuing key: %s", tenant,
 		          keyfile_strerror(ret, KEYFILE_KEK));
+		goto out;
+	}
+	ca_tenant_load_root_key(db, kek, t);
 out:
 	sk_X509_pop_free(roots, X509_free);
 	free(chain_pem);
@@ -495,6 +531,84 @@ out:
 	}
 	X509_CRL_free(crl);
 	ca_db_strv_free(serials, n);
+	free(when);
+	return ret;
+}
+
+bool ca_root_issued(X509 *root, X509 *cert)
+{
+	bool ok = X509_check_issued(root, cert) == X509_V_OK &&
+	          X509_verify(cert, X509_get0_pubkey(root)) == 1;
+
+	ERR_clear_error();
+	return ok;
+}
+
+int ca_arl_rebuild(struct ca_db *db, const struct ca_tenant *t, struct ca_signer *signer,
+                   uint8_t **der, size_t *len)
+{
+	char **serials = NULL, **pems = NULL;
+	time_t *when = NULL;
+	size_t n = 0, k = 0;
+	X509_CRL *crl = NULL;
+	uint8_t *rp = NULL;
+	size_t rl;
+	long number;
+	int dlen, ret;
+
+	*der = NULL;
+	ret = ca_db_tenant_root(db, t->name, &rp, &rl, NULL, NULL);
+	free(rp);
+	if (ret)
+		return ret;
+	ret = ca_db_revoked_ca_list(db, t->name, &serials, &when, &pems, &n);
+	/* only what this root signed: others are their own root's to revoke */
+	for (size_t i = 0; !ret && i < n; i++) {
+		STACK_OF(X509) *c = NULL;
+		char *sv;
+		bool mine;
+
+		if (pki_pem_read_certs((const uint8_t *)pems[i], strlen(pems[i]), &c))
+			continue;
+		mine = ca_root_issued(t->root, sk_X509_value(c, 0));
+		sk_X509_pop_free(c, X509_free);
+		if (!mine)
+			continue;
+		sv = serials[k];
+		serials[k] = serials[i];
+		serials[i] = sv;
+		when[k++] = when[i];
+	}
+	if (!ret)
+		ret = ca_db_arl_next(db, t->name, &number);
+	if (!ret && signer)
+		ret = ca_signer_arl(signer, t->name, (const char *const *)serials, when, k, number,
+		                    time(NULL), &crl);
+	else if (!ret && t->root_key) {
+		struct ca_tenant a = {.issuer = t->root, .issuer_key = t->root_key};
+
+		ret = pki_make_crl(&a, (const char *const *)serials, when, k, number, time(NULL),
+		                   &crl);
+	} else if (!ret) {
+		ret = -ENOKEY;
+	}
+	if (ret)
+		goto out;
+	dlen = i2d_X509_CRL(crl, der);
+	if (dlen <= 0) {
+		ret = -EIO;
+		goto out;
+	}
+	*len = (size_t)dlen;
+	ret = ca_db_arl_put(db, t->name, *der, *len);
+out:
+	if (ret) {
+		OPENSSL_free(*der);
+		*der = NULL;
+	}
+	X509_CRL_free(crl);
+	ca_db_strv_free(serials, n);
+	ca_db_strv_free(pems, n);
 	free(when);
 	return ret;
 }

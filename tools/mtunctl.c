@@ -24,7 +24,7 @@
 struct ctl_args {
 	const char *socket, *tenant, *role, *user, *groups, *serial, *out;
 	uint64_t ttl;
-	bool der;
+	bool der, authority;
 	int argc;
 	char **argv; /* positional arguments */
 };
@@ -56,11 +56,17 @@ static int ctl_parse_ttl(const char *s, uint64_t *out)
 static int ctl_parse(int argc, char **argv, struct ctl_args *a)
 {
 	static const struct option opts[] = {
-	    {"socket", required_argument, NULL, 'S'}, {"tenant", required_argument, NULL, 't'},
-	    {"role", required_argument, NULL, 'r'},   {"user", required_argument, NULL, 'u'},
-	    {"groups", required_argument, NULL, 'g'}, {"ttl", required_argument, NULL, 'T'},
-	    {"serial", required_argument, NULL, 's'}, {"out", required_argument, NULL, 'o'},
-	    {"der", no_argument, NULL, 'd'},          {NULL, 0, NULL, 0},
+	    {"socket", required_argument, NULL, 'S'},
+	    {"tenant", required_argument, NULL, 't'},
+	    {"role", required_argument, NULL, 'r'},
+	    {"user", required_argument, NULL, 'u'},
+	    {"groups", required_argument, NULL, 'g'},
+	    {"ttl", required_argument, NULL, 'T'},
+	    {"serial", required_argument, NULL, 's'},
+	    {"out", required_argument, NULL, 'o'},
+	    {"der", no_argument, NULL, 'd'},
+	    {"authority", no_argument, NULL, 'A'},
+	    {NULL, 0, NULL, 0},
 	};
 	int c;
 
@@ -99,6 +105,9 @@ static int ctl_parse(int argc, char **argv, struct ctl_args *a)
 			break;
 		case 'd':
 			a->der = true;
+			break;
+		case 'A':
+			a->authority = true;
 			break;
 		default:
 			return -EINVAL;
@@ -281,6 +290,8 @@ static int cmd_crl(int argc, char **argv)
 	ret = enroll_buf_init(&b, ENROLL_T_CRL_ADMIN);
 	if (!ret)
 		ret = enroll_buf_put_str(&b, ET_TENANT, a.tenant);
+	if (!ret && a.authority) /* the root's list of revoked CAs (inspection intermediates) */
+		ret = enroll_buf_put_str(&b, ET_ROLE, "authority");
 	if (!ret)
 		ret = ctl_call(a.socket, &b, &resp, &m);
 	if (!ret)
@@ -331,7 +342,8 @@ out:
 
 /*
  * mtunctl inspection csr|rotate --tenant T [--key p256|rsa2048] [--expires YYYY-MM-DD]
- *                   import --tenant T CERT [CHAIN] | status [--tenant T] | revoke --tenant T
+ *                   import --tenant T CERT [CHAIN] | sign --tenant T | status [--tenant T] |
+ *                   revoke --tenant T
  *                   tenant --tenant T private-only|shared | mark TENANT/ID public|private:T
  */
 static int cmd_inspection(int argc, char **argv)
@@ -355,8 +367,8 @@ static int cmd_inspection(int argc, char **argv)
 	int c, ret = -EINVAL, type;
 
 	if (argc < 2) {
-		log_warnx("usage: mtunctl inspection csr|rotate|import|status|revoke|tenant|mark"
-		          " ...");
+		log_warnx("usage: mtunctl inspection csr|rotate|import|sign|status|revoke|tenant|"
+		          "mark ...");
 		return -EINVAL;
 	}
 	sub = argv[1];
@@ -399,6 +411,8 @@ static int cmd_inspection(int argc, char **argv)
 		type = CUSTODY_T_NODE_MARK;
 	else if (strcmp(sub, "revoke") == 0)
 		type = CUSTODY_T_REVOKE;
+	else if (strcmp(sub, "sign") == 0)
+		type = CUSTODY_T_SIGN;
 	else {
 		log_warnx("unknown inspection command '%s'", sub);
 		return -EINVAL;
@@ -411,7 +425,7 @@ static int cmd_inspection(int argc, char **argv)
 	    ((type == CUSTODY_T_TENANT) && argc != 1) ||
 	    (type == CUSTODY_T_NODE_MARK && argc != 2) ||
 	    ((type == CUSTODY_T_CSR || type == CUSTODY_T_ROTATE || type == CUSTODY_T_STATUS ||
-	      type == CUSTODY_T_REVOKE) &&
+	      type == CUSTODY_T_REVOKE || type == CUSTODY_T_SIGN) &&
 	     argc != 0)) {
 		log_warnx("wrong arguments for inspection %s (try mtunctl help)", sub);
 		return -EINVAL;
@@ -485,10 +499,13 @@ static const struct {
     {"token", cmd_token,
      "create --tenant T --role R [--user U --groups G1,G2] [--ttl 1h] | list --tenant T"},
     {"revoke", cmd_revoke, "--tenant T ROLE/ID | --serial HEX [--out CRL.pem]"},
-    {"crl", cmd_crl, "--tenant T [--out FILE] [--der]: the tenant's current CRL"},
+    {"crl", cmd_crl,
+     "--tenant T [--authority] [--out FILE] [--der]: the tenant's current CRL, or its root's"
+     " (revoked inspection intermediates)"},
     {"inspection", cmd_inspection,
      "csr|rotate --tenant T [--key p256|rsa2048] [--expires YYYY-MM-DD] | import --tenant T"
-     " CERT [CHAIN] | status [--tenant T] | revoke --tenant T |"
+     " CERT [CHAIN] | sign --tenant T (by the tenant's root in mtun-ca) |"
+     " status [--tenant T] | revoke --tenant T |"
      " tenant --tenant T private-only|shared |"
      " mark TENANT/ID public|private:TENANT"},
 #define ADMIN_CMD(name, help)                                                                      \
@@ -510,6 +527,7 @@ static const struct {
     ADMIN_CMD("policy", "test --user U --app NAME:PORT [--posture P,...]"),
     ADMIN_CMD("batch", "FILE: many changes in one transaction"),
     ADMIN_CMD("snapshot", "the compiled model's generation and counts"),
+    ADMIN_CMD("sessions", "[-o json]: the broker's live mtunnels"),
     ADMIN_CMD("enroll", "--ca HOST:PORT --ca-fingerprint FP --token T --state DIR: admin identity"),
     ADMIN_CMD("renew", "--state DIR: renew the admin identity"),
     {"help", cmd_help, "show this help"},
@@ -531,9 +549,19 @@ int main(int argc, char **argv)
 		cmd_help(0, NULL);
 		return 1;
 	}
-	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		if (strcmp(argv[1], cmds[i].name) == 0)
-			return cmds[i].fn(argc - 1, argv + 1) ? 1 : 0;
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		if (strcmp(argv[1], cmds[i].name) != 0)
+			continue;
+		/* The admin API's commands answer --help themselves, with their fields. */
+		if (cmds[i].fn != ctl_admin_main)
+			for (int j = 2; j < argc; j++)
+				if (strcmp(argv[j], "--help") == 0) {
+					printf("Usage: mtunctl %s %s\nSee mtunctl-%s(1).\n",
+					       cmds[i].name, cmds[i].help, cmds[i].name);
+					return 0;
+				}
+		return cmds[i].fn(argc - 1, argv + 1) ? 1 : 0;
+	}
 	log_warnx("unknown command '%s' (try mtunctl help)", argv[1]);
 	return 1;
 }

@@ -4,7 +4,10 @@
 # mTLS and unwrap; a public node is refused a private-only tenant's key (audited); backups,
 # then rotation deletes the old key from the store and every backup (byte scans) and puts
 # the old intermediate's serial into the tenant's CRL; revocation lists the new one there
-# too and deletes its key; no file mtun-ca wrote holds an unencrypted private key. TAP.
+# too and deletes its key, and says that a root mtun-ca does not hold must list it itself;
+# with a root mtun-ca does hold (tenant init), `inspection sign` has it sign the CSR and
+# revocation puts the intermediate into the root's authority CRL, which `openssl verify
+# -crl_check_all` applies; no file mtun-ca wrote holds an unencrypted private key. TAP.
 #
 # Environment: MTUN_BUILD (default: build) names the build directory.
 set -uo pipefail
@@ -79,6 +82,12 @@ check "init tenant ops (the inspectors' tenant)" mtun_ca init --tenant ops
 pin=$(sed -n 's/^ca-fingerprint=//p' "$T/out")
 check "init tenant acme" mtun_ca init --tenant acme
 check "init tenant bank" mtun_ca init --tenant bank
+check "init tenant shop (its root made and held by mtun-ca)" mtun_ca init --tenant shop
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/ext.key" \
+	-subj "/O=ext/CN=Ext CA" -days 30 -addext "basicConstraints=critical,CA:TRUE" \
+	-addext "keyUsage=critical,keyCertSign,cRLSign" -out "$T/ext.pem" 2>/dev/null
+check "import tenant ext (its own CA: mtun-ca holds no root key)" \
+	mtun_ca init --tenant ext --import-ca "$T/ext.pem" "$T/ext.key"
 
 refused "mtun-ca refuses a wrapping key file that holds the private key" "holds a private key" \
 	timeout 10 "$ca" serve --state "$T/ca" --kek-fd 3 --listen 127.0.0.1:0 \
@@ -256,6 +265,9 @@ new_serial=$(serial_of "$T/acme2.pem")
 grep -q "old intermediate $(tr 'A-F' 'a-f' <<<"$old_serial") revoked" "$T/import.out" &&
 	ok "the rotating import says the old intermediate is revoked" ||
 	{ not_ok "the rotating import says the old intermediate is revoked"; sed 's/^/# /' "$T/import.out"; }
+grep -q "the root's owner must list serial $(tr 'A-F' 'a-f' <<<"$old_serial") in the root's CRL" "$T/import.out" &&
+	ok "... and, its root being a test root outside mtun-ca, that the root's owner must list it" ||
+	{ not_ok "the import names the root owner's part"; sed 's/^/# /' "$T/import.out"; }
 crl_lists "$old_serial" && ok "after rotation the tenant's CRL lists the old intermediate ($old_serial)" ||
 	{ not_ok "after rotation the CRL lists the old intermediate ($old_serial)"; sed 's/^/# /' "$T/crl.txt"; }
 crl_lists "$new_serial" && not_ok "the CRL does not list the new intermediate yet" ||
@@ -263,6 +275,9 @@ crl_lists "$new_serial" && not_ok "the CRL does not list the new intermediate ye
 check "inspection revoke (acme)" "$ctl" inspection revoke --tenant acme
 grep -q "intermediate $(tr 'A-F' 'a-f' <<<"$new_serial") (key $new_key) revoked" "$T/out" &&
 	ok "revoke names the intermediate and its key" || { not_ok "revoke names the intermediate"; sed 's/^/# /' "$T/out"; }
+grep -q "root is not held by mtun-ca: the root's owner must list serial $(tr 'A-F' 'a-f' <<<"$new_serial")" "$T/out" &&
+	ok "... and says plainly that the (external) root's owner must list its serial" ||
+	{ not_ok "revoke names the root owner's part"; sed 's/^/# /' "$T/out"; }
 crl_lists "$new_serial" && crl_lists "$old_serial" &&
 	ok "after revoke the tenant's CRL lists both intermediates (openssl crl -text)" ||
 	{ not_ok "after revoke the CRL lists both intermediates"; sed 's/^/# /' "$T/crl.txt"; }
@@ -280,6 +295,60 @@ refused "a node gets no key for acme after revoke" "no active" \
 refused "revoking again finds nothing to revoke" "no inspection intermediate to revoke" \
 	"$ctl" inspection revoke --tenant acme
 absent "the revoked key's wrapped bytes are gone from every file (scan)" "@$T/new.env" "$T/ca" "$T/backups"
+
+# The authority revocation list. shop's root was made by mtun-ca (init) and is held sealed;
+# `inspection sign` has it sign shop's inspection CSR in the signer process. Revoking the
+# intermediate then lists it in the root's own CRL: the one RFC 5280 path validation applies
+# to a certificate the root issued (the tenant's CRL is the issuing CA's).
+check "inspection csr (shop)" "$ctl" inspection csr --tenant shop
+check "inspection sign: shop's root in mtun-ca signs the CSR; the key is active" \
+	"$ctl" inspection sign --tenant shop
+cp "$T/out" "$T/sign.out"
+awk '/BEGIN CERT/{n++} n==1{print > "'"$T"'/shop-int.pem"} n==2{print > "'"$T"'/shop-root.pem"} /END CERT/{if(n==2)n=3}' "$T/sign.out"
+grep -q "key [0-9a-f]\{32\} active" "$T/sign.out" &&
+	openssl x509 -in "$T/shop-root.pem" -noout -subject 2>/dev/null | grep -q "shop" &&
+	openssl x509 -in "$T/shop-int.pem" -noout -ext basicConstraints 2>/dev/null | grep -q "CA:TRUE, pathlen:0" &&
+	ok "sign prints the intermediate (CA:TRUE, pathlen:0) and shop's root" ||
+	{ not_ok "sign prints the intermediate and the root"; sed 's/^/# /' "$T/sign.out"; }
+refused "sign with no pending CSR is refused" "no pending inspection key" \
+	"$ctl" inspection sign --tenant shop
+refused "sign for a tenant mtun-ca does not know is refused" "unknown tenant" \
+	"$ctl" inspection sign --tenant nosuch
+check "a node gets shop's key" inspkey --state "$T/edge-1" --tenant shop
+grep -q "leaf_verifies=yes" "$T/out" && ok "... a leaf it signs verifies up to shop's root" ||
+	{ not_ok "... a leaf it signs verifies up to shop's root"; sed 's/^/# /' "$T/out"; }
+crls() { # the tenant's CRL and its authority CRL, as mtunctl prints them
+	"$ctl" crl --tenant shop --out "$T/shop.crl" >"$T/crl.out" 2>&1 &&
+		"$ctl" crl --tenant shop --authority --out "$T/shop.arl" >>"$T/crl.out" 2>&1
+}
+verify_int() { # openssl's RFC 5280 check of shop's intermediate, every CRL on the path
+	openssl verify -crl_check_all -CAfile "$T/shop-root.pem" -CRLfile "$T/shop.crl" \
+		-CRLfile "$T/shop.arl" "$T/shop-int.pem"
+}
+check "mtunctl crl --authority prints the authority CRL" crls
+[ "$(openssl crl -in "$T/shop.arl" -noout -issuer 2>/dev/null | sed 's/^issuer=//')" = \
+	"$(openssl x509 -in "$T/shop-root.pem" -noout -subject 2>/dev/null | sed 's/^subject=//')" ] &&
+	openssl crl -in "$T/shop.arl" -noout -verify -CAfile "$T/shop-root.pem" 2>&1 | grep -q "verify OK" &&
+	ok "the authority CRL is issued and signed by shop's root" ||
+	{ not_ok "the authority CRL is the root's"; openssl crl -in "$T/shop.arl" -noout -text 2>&1 | sed 's/^/# /'; }
+check "before revoke: openssl verify -crl_check_all (root, tenant CRL, authority CRL) accepts the intermediate" verify_int
+shop_serial=$(serial_of "$T/shop-int.pem")
+check "inspection revoke (shop)" "$ctl" inspection revoke --tenant shop
+grep -q "the tenant's authority CRL, signed by its root, lists it" "$T/out" &&
+	ok "revoke says the root's authority CRL lists the intermediate" ||
+	{ not_ok "revoke names the authority CRL"; sed 's/^/# /' "$T/out"; }
+grep -q "event=inspection.arl tenant=shop" "$T/ca.log" && ok "the authority CRL is rebuilt at once (logged)" ||
+	not_ok "the authority CRL is rebuilt at once"
+check "the new CRLs" crls
+openssl crl -in "$T/shop.arl" -noout -text 2>/dev/null | grep -q "Serial Number: $shop_serial\$" &&
+	ok "the authority CRL lists the intermediate ($shop_serial)" ||
+	{ not_ok "the authority CRL lists the intermediate"; openssl crl -in "$T/shop.arl" -noout -text 2>&1 | sed 's/^/# /'; }
+refused "after revoke: openssl verify -crl_check_all says the intermediate is revoked" "certificate revoked" \
+	verify_int
+refused "the authority CRL of a tenant whose root mtun-ca does not hold is refused, saying why" \
+	"does not hold this tenant's root" "$ctl" crl --tenant ext --authority
+refused "sign for a tenant whose root mtun-ca does not hold is refused, saying why" \
+	"does not hold this tenant's root" "$ctl" inspection sign --tenant ext
 check "no file mtun-ca wrote holds an unencrypted private key" python3 "$scan" "$T/ca" "$T/backups"
 grep -q "Sanitizer\|runtime error:" "$T/ca.log" && not_ok "mtun-ca ran sanitizer-clean" ||
 	ok "mtun-ca ran sanitizer-clean"

@@ -5,7 +5,8 @@
 # inspection with a leaf from the tenant's intermediate, bypass, block, bad upstream
 # certificates, CA down, no key, private-only tenants, rotation with scans of the store and
 # backups, a core dump under load and every file written scanned for the tenant key, leaf
-# keys and a plaintext marker, and the key gone from memory after the idle timeout. TAP.
+# keys and a plaintext marker, the key gone from memory after the idle timeout, and rotation
+# and revocation reaching the node within seconds through the CRL the CA pushes. TAP.
 #
 # Environment: MTUN_BUILD (default: build) names the build directory.
 set -uo pipefail
@@ -422,11 +423,21 @@ pcurl 3128 https://www.public.example/ --cacert "$T/pub/ca.pem" && issuer_is "CN
 	ok "CA down and the key dropped: acme is relayed without decryption" ||
 	{ not_ok "dropped key, CA down: relayed"; show "$T/c.err"; }
 
-# --- rotation -------------------------------------------------------------------------------
+# --- rotation: the CA pushes acme's CRL, the node drops the old key and fetches the new ------
 if start_ca 2; then ok "mtun-ca is back"; else
 	not_ok "mtun-ca restarts"
 	show "$T/ca.log.2"
 	finish
+fi
+subs=$(grep -c "event=inspection.crl_subscribed tenant=acme" "$T/node.log")
+sleep 1.1 # ca_retry: the failed fetch while the CA was down is not repeated sooner
+pcurl 3128 https://www.public.example/ --cacert "$T/root/root.pem"
+if issuer_is "O=acme; OU=mtun inspection" &&
+	wait_count "$T/node.log" "event=inspection.crl_subscribed tenant=acme" $((subs + 1)) 10; then
+	ok "the node holds acme's key again and subscribes to acme's CRL at the CA"
+else
+	not_ok "key held again and acme's CRL watched"
+	show "$T/c.err" "$T/node.log"
 fi
 "$ctl" inspection rotate --tenant acme >"$T/rot.out" 2>&1
 sed '/^key id/d' "$T/rot.out" >"$T/acme2.csr"
@@ -436,7 +447,15 @@ sign "$T/acme2.csr" "$T/acme2.pem"
 grep -q "old key $acme_old deleted from the store and from 2 backup(s)" "$T/imp.out" &&
 	ok "rotation: the old key is deleted from the store and both backups" ||
 	{ not_ok "rotation says what it deleted"; show "$T/imp.out"; }
-sleep 1.1 # ca_retry: the failed fetch while the CA was down is not repeated sooner
+# key_refresh is 1 h: only the pushed CRL can bring the new key this soon
+if wait_log "$T/node.log" "event=inspection.key_held tenant=acme key=$acme_new" 5 &&
+	grep -q "event=inspection.key_revoked tenant=acme key=$acme_old" "$T/node.log" &&
+	grep -q "event=inspection.key_dropped tenant=acme key=$acme_old reason=revoked" "$T/node.log"; then
+	ok "rotation reaches the node within seconds: the old key is dropped (its intermediate is in the CRL) and the new one fetched"
+else
+	not_ok "rotation reaches the node through the CRL push"
+	show "$T/node.log"
+fi
 in_node client -- openssl s_client -proxy "$node_ip:3128" -connect www.public.example:443 \
 	-servername www.public.example -showcerts -CAfile "$T/root/root.pem" </dev/null >"$T/sc.out" 2>&1
 awk '/BEGIN CERT/{n++} n==1{print > "'"$T"'/leaf.pem"} n==2{print > "'"$T"'/sent.pem"} /END CERT/{if(n==2)n=3}' "$T/sc.out"
@@ -462,6 +481,23 @@ rc2=$?
 [ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] && [ -s "$T/acme-old.env" ] &&
 	ok "the old key, wrapped or not, is in no file of the store or the backups (scan)" ||
 	{ not_ok "old key left in store/backups"; show "$T/out" "$T/out2"; }
+
+# --- revocation: within seconds the node stops minting with the revoked intermediate ---------
+t0=$(date +%s%N)
+"$ctl" inspection revoke --tenant acme >"$T/rev.out" 2>&1
+if wait_log "$T/node.log" "event=inspection.key_revoked tenant=acme key=$acme_new" 5; then
+	ok "inspection revoke: the node drops acme's key after $((($(date +%s%N) - t0) / 1000000)) ms (the CRL push)"
+else
+	not_ok "the node drops the revoked key"
+	show "$T/rev.out" "$T/node.log"
+fi
+if pcurl 3128 https://www.public.example/ --cacert "$T/pub/ca.pem" && grep -q "$marker" "$T/c.body" &&
+	issuer_is "CN=Test Public CA" && grep -q 'event=inspection.key_fetch_failed tenant=acme .*no active' "$T/node.log"; then
+	ok "... then a CONNECT is relayed without decryption: the client sees the origin's certificate"
+else
+	not_ok "after revoke: relayed without decryption"
+	show "$T/c.err" "$T/node.log"
+fi
 
 grep -q "Sanitizer\|runtime error:" "$T/node.log" "$T"/ca.log.* && not_ok "sanitizer reports" ||
 	ok "node and CA ran sanitizer-clean"
