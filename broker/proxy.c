@@ -1,7 +1,9 @@
 /*
  * The inspecting proxy: an explicit HTTP CONNECT listener; per CONNECT, relay (bypass, no
  * key, other ports) or terminate TLS with a minted leaf and relay HTTP/1.1 to a verified
- * upstream. One thread per connection, non-blocking sockets and poll: simple to audit.
+ * upstream. A pool of worker threads, each serving one connection at a time with
+ * non-blocking sockets and poll: simple to audit. Upstream TLS sessions are resumed for
+ * repeat hosts (a bounded cache in RAM, filled only after full verified handshakes).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -17,9 +19,11 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -31,6 +35,37 @@
 #define PX_HS_TIMEOUT 10000 /* ms for the CONNECT head, the hello and each handshake */
 #define PX_PATH_LOG   256   /* path bytes kept for logs and block rules */
 #define PX_STACK      (256 * 1024)
+#define PX_IDLE_SEC   30   /* a worker with nothing to do this long exits */
+#define PX_SESS_SLOTS 1024 /* upstream session cache: slots (a power of two) */
+#define PX_SESS_KEEP  2    /* sessions kept per tenant, host and port */
+#define PX_SESS_TTL   600  /* seconds a session is offered, at most */
+#define PX_SESS_KEY   (PROXY_HOST_MAX + 72)
+#define PX_DNS_SLOTS  512 /* resolved names: slots (a power of two) */
+#define PX_DNS_ADDRS  4   /* addresses kept per name */
+#define PX_DNS_TTL    10  /* seconds an answer is reused (getaddrinfo gives no TTL) */
+
+union px_addr {
+	struct sockaddr sa;
+	struct sockaddr_in in;
+	struct sockaddr_in6 in6;
+};
+
+/* The addresses a name resolved to, port 0. */
+struct px_dns_slot {
+	char host[PROXY_HOST_MAX + 1];
+	time_t until;
+	unsigned n;
+	union px_addr a[PX_DNS_ADDRS];
+};
+
+struct px_conn;
+
+/* Upstream sessions of one tenant for one host and port, newest last. */
+struct px_sess_slot {
+	char key[PX_SESS_KEY];
+	SSL_SESSION *s[PX_SESS_KEEP];
+	unsigned n;
+};
 
 struct proxy {
 	struct inspect_node *node;
@@ -38,11 +73,23 @@ struct proxy {
 	int *fds;
 	size_t nfds;
 	SSL_CTX *up_ctx, *cl_ctx;
-	atomic_uint clients;
+	atomic_uint clients;  /* connections queued or being served */
+	pthread_mutex_t lock; /* the queue and the worker counts */
+	pthread_cond_t cond;
+	bool lock_init, stopping;
+	struct px_conn *q_head, *q_tail;
+	unsigned queued, workers, idle;
+	pthread_mutex_t cache_lock; /* sess and dns */
+	bool cache_lock_init;
+	uint64_t seed;
+	struct px_sess_slot *sess; /* PX_SESS_SLOTS */
+	struct px_dns_slot *dns;   /* PX_DNS_SLOTS */
 };
 
 struct px_conn {
 	struct proxy *p;
+	struct px_conn *next;       /* in the queue */
+	char sess_key[PX_SESS_KEY]; /* tenant, host, port of the upstream session */
 	size_t li;
 	int cfd, ufd;
 	struct sockaddr_storage peer;
@@ -163,38 +210,111 @@ static int px_peek(int fd, uint8_t *buf, size_t size, size_t *len)
 	}
 }
 
-static int px_connect_upstream(struct px_conn *c)
+static uint64_t px_hash(const struct proxy *p, const char *key)
+{
+	uint64_t h = p->seed ^ 0xcbf29ce484222325ULL;
+
+	for (const unsigned char *k = (const unsigned char *)key; *k; k++)
+		h = (h ^ *k) * 0x100000001b3ULL;
+	return h ^ (h >> 29);
+}
+
+/*
+ * The upstream's addresses (port 0): for a name, from the short-lived cache or
+ * getaddrinfo (then cached). 0 or -ENOENT.
+ */
+static int px_resolve(struct px_conn *c, union px_addr *a, unsigned *n)
 {
 	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL, *ai;
-	char port[8];
-	int err = -EHOSTUNREACH;
+	struct proxy *p = c->p;
+	bool name = c->req.host_kind == PROXY_HOST_NAME;
+	struct px_dns_slot *sl = &p->dns[px_hash(p, c->req.host) & (PX_DNS_SLOTS - 1)];
+	time_t now = time(NULL);
 
-	snprintf(port, sizeof(port), "%u", c->req.port);
-	if (c->req.host_kind != PROXY_HOST_NAME)
+	*n = 0;
+	if (name) {
+		pthread_mutex_lock(&p->cache_lock);
+		if (sl->n && sl->until > now && strcmp(sl->host, c->req.host) == 0) {
+			*n = sl->n;
+			memcpy(a, sl->a, sl->n * sizeof(*a));
+		}
+		pthread_mutex_unlock(&p->cache_lock);
+		if (*n)
+			return 0;
+	} else {
 		hints.ai_flags = AI_NUMERICHOST;
-	if (getaddrinfo(c->req.host, port, &hints, &res) != 0)
+	}
+	if (getaddrinfo(c->req.host, NULL, &hints, &res) != 0)
 		return -ENOENT;
-	for (ai = res; ai; ai = ai->ai_next) {
-		int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+	for (ai = res; ai && *n < PX_DNS_ADDRS; ai = ai->ai_next) {
+		if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+		    ai->ai_addrlen > sizeof(*a))
+			continue;
+		memset(&a[*n], 0, sizeof(*a));
+		memcpy(&a[*n], ai->ai_addr, ai->ai_addrlen);
+		(*n)++;
+	}
+	freeaddrinfo(res);
+	if (!*n)
+		return -ENOENT;
+	if (name) {
+		pthread_mutex_lock(&p->cache_lock);
+		snprintf(sl->host, sizeof(sl->host), "%s", c->req.host);
+		sl->until = now + PX_DNS_TTL;
+		sl->n = *n;
+		memcpy(sl->a, a, *n * sizeof(*a));
+		pthread_mutex_unlock(&p->cache_lock);
+	}
+	return 0;
+}
+
+/* Forgets a name none of whose cached addresses answered. */
+static void px_resolve_failed(struct px_conn *c)
+{
+	struct proxy *p = c->p;
+	struct px_dns_slot *sl = &p->dns[px_hash(p, c->req.host) & (PX_DNS_SLOTS - 1)];
+
+	pthread_mutex_lock(&p->cache_lock);
+	if (strcmp(sl->host, c->req.host) == 0)
+		sl->n = 0;
+	pthread_mutex_unlock(&p->cache_lock);
+}
+
+static int px_connect_upstream(struct px_conn *c)
+{
+	union px_addr a[PX_DNS_ADDRS];
+	unsigned n;
+	int err = px_resolve(c, a, &n);
+
+	if (err)
+		return err;
+	err = -EHOSTUNREACH;
+	for (unsigned i = 0; i < n; i++) {
+		socklen_t al = a[i].sa.sa_family == AF_INET ? sizeof(a[i].in) : sizeof(a[i].in6);
+		int fd = socket(a[i].sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
 		    soerr = 0;
 		socklen_t sl = sizeof(soerr);
 
 		if (fd < 0)
 			continue;
-		if ((connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS) &&
+		if (a[i].sa.sa_family == AF_INET)
+			a[i].in.sin_port = htons(c->req.port);
+		else
+			a[i].in6.sin6_port = htons(c->req.port);
+		if ((connect(fd, &a[i].sa, al) == 0 || errno == EINPROGRESS) &&
 		    px_wait(fd, POLLOUT, PX_HS_TIMEOUT) == 0 &&
 		    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0) {
 			int one = 1;
 
 			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 			c->ufd = fd;
-			err = 0;
-			break;
+			return 0;
 		}
 		err = soerr ? -soerr : -ETIMEDOUT;
 		close(fd);
 	}
-	freeaddrinfo(res);
+	if (c->req.host_kind == PROXY_HOST_NAME)
+		px_resolve_failed(c);
 	return err;
 }
 
@@ -793,8 +913,102 @@ static int px_alpn_select(SSL *s, const unsigned char **out, unsigned char *outl
 	return SSL_TLSEXT_ERR_NOACK;
 }
 
+static struct px_sess_slot *px_sess_slot(struct proxy *p, const char *key)
+{
+	return &p->sess[px_hash(p, key) & (PX_SESS_SLOTS - 1)];
+}
+
+static bool px_sess_expired(SSL_SESSION *s, time_t now)
+{
+	long ttl = SSL_SESSION_get_timeout(s);
+
+	return now - SSL_SESSION_get_time(s) >= (ttl < PX_SESS_TTL ? ttl : PX_SESS_TTL);
+}
+
+/*
+ * A session to offer the upstream for key, or NULL. TLS 1.3 sessions are used once (the
+ * server sends new tickets); earlier ones stay for the next connection.
+ */
+static SSL_SESSION *px_sess_take(struct proxy *p, const char *key)
+{
+	struct px_sess_slot *sl = px_sess_slot(p, key);
+	SSL_SESSION *s = NULL;
+	time_t now = time(NULL);
+
+	pthread_mutex_lock(&p->cache_lock);
+	while (!s && sl->n && strcmp(sl->key, key) == 0) {
+		s = sl->s[sl->n - 1];
+		if (px_sess_expired(s, now) || !SSL_SESSION_is_resumable(s)) {
+			SSL_SESSION_free(s);
+			s = NULL;
+			sl->s[--sl->n] = NULL;
+		} else if (SSL_SESSION_get_protocol_version(s) >= TLS1_3_VERSION) {
+			sl->s[--sl->n] = NULL;
+		} else if (!SSL_SESSION_up_ref(s)) {
+			s = NULL;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&p->cache_lock);
+	return s;
+}
+
+/* Keeps s (the caller's reference) for key; another key in the same slot is replaced. */
+static void px_sess_put(struct proxy *p, const char *key, SSL_SESSION *s)
+{
+	struct px_sess_slot *sl = px_sess_slot(p, key);
+	SSL_SESSION *drop[PX_SESS_KEEP + 1] = {NULL};
+	unsigned nd = 0;
+
+	pthread_mutex_lock(&p->cache_lock);
+	if (strcmp(sl->key, key) != 0) {
+		while (sl->n)
+			drop[nd++] = sl->s[--sl->n];
+		snprintf(sl->key, sizeof(sl->key), "%s", key);
+	}
+	if (sl->n == PX_SESS_KEEP) {
+		drop[nd++] = sl->s[0];
+		memmove(sl->s, sl->s + 1, (PX_SESS_KEEP - 1) * sizeof(sl->s[0]));
+		sl->n--;
+	}
+	sl->s[sl->n++] = s;
+	pthread_mutex_unlock(&p->cache_lock);
+	for (unsigned i = 0; i < nd; i++)
+		SSL_SESSION_free(drop[i]);
+}
+
+/*
+ * OpenSSL's new-session callback on the upstream side: called once a full handshake has
+ * verified the upstream (a failed verification ends the handshake first), or when a
+ * resumed one gets a new ticket. Takes the reference.
+ */
+static int px_sess_new(SSL *ssl, SSL_SESSION *s)
+{
+	struct px_conn *c = SSL_get_app_data(ssl);
+
+	if (!c || !c->sess_key[0] || SSL_get_verify_result(ssl) != X509_V_OK ||
+	    !SSL_SESSION_is_resumable(s))
+		return 0; /* OpenSSL keeps its reference */
+	px_sess_put(c->p, c->sess_key, s);
+	return 1;
+}
+
+static void px_sess_free_all(struct proxy *p)
+{
+	if (!p->sess)
+		return;
+	for (size_t i = 0; i < PX_SESS_SLOTS; i++)
+		for (unsigned j = 0; j < p->sess[i].n; j++)
+			SSL_SESSION_free(p->sess[i].s[j]);
+	OPENSSL_cleanse(p->sess, PX_SESS_SLOTS * sizeof(*p->sess));
+	free(p->sess);
+	p->sess = NULL;
+}
+
 static void px_inspect(struct px_conn *c, const struct tls_hello *hello)
 {
+	SSL_SESSION *sess;
+	int kl;
 	X509 *leaf = NULL;
 	EVP_PKEY *key = NULL;
 	STACK_OF(X509) *chain = NULL;
@@ -819,8 +1033,21 @@ static void px_inspect(struct px_conn *c, const struct tls_hello *hello)
 	inspect_test_leaf_key(c->name, key);
 	/* upstream first: a refused upstream never sees the client's plaintext */
 	c->us = SSL_new(c->p->up_ctx);
-	if (!c->us || !SSL_set_fd(c->us, c->ufd))
+	if (!c->us || !SSL_set_fd(c->us, c->ufd) || !SSL_set_app_data(c->us, c))
 		goto out;
+	/* sessions are kept per tenant: an origin cannot link two tenants' connections */
+	kl = snprintf(c->sess_key, sizeof(c->sess_key), "%s\n%s\n%u", inspect_tenant_name(c->t),
+	              c->name, c->req.port);
+	if (kl < 0 || (size_t)kl >= sizeof(c->sess_key))
+		c->sess_key[0] = '\0';
+	sess = c->sess_key[0] ? px_sess_take(c->p, c->sess_key) : NULL;
+	if (sess) {
+		int ok = SSL_set_session(c->us, sess);
+
+		SSL_SESSION_free(sess);
+		if (!ok)
+			goto out;
+	}
 	if (c->req.host_kind == PROXY_HOST_NAME || hello->sni[0]) {
 		if (!SSL_set_tlsext_host_name(c->us, c->name) || !SSL_set1_host(c->us, c->name))
 			goto out;
@@ -945,9 +1172,8 @@ static void px_serve(struct px_conn *c)
 	px_inspect(c, &hello);
 }
 
-static void *px_thread(void *arg)
+static void px_conn_serve(struct px_conn *c)
 {
-	struct px_conn *c = arg;
 	struct proxy *p = c->p;
 
 	c->b[0] = secmem_buf_get();
@@ -959,6 +1185,10 @@ static void *px_thread(void *arg)
 	if (c->cs) {
 		SSL_free(c->cs);
 	}
+	/* a close_notify keeps the session resumable (OpenSSL drops it otherwise); one that
+	 * ended in a fatal error is already dropped */
+	if (c->us && SSL_is_init_finished(c->us))
+		SSL_shutdown(c->us);
 	SSL_free(c->us);
 	secmem_buf_put(c->b[0]);
 	secmem_buf_put(c->b[1]);
@@ -966,17 +1196,84 @@ static void *px_thread(void *arg)
 	if (c->ufd >= 0)
 		close(c->ufd);
 	ERR_clear_error();
-	OPENSSL_thread_stop();
+	OPENSSL_cleanse(c, sizeof(*c));
 	free(c);
 	atomic_fetch_sub(&p->clients, 1);
+}
+
+/* Serves queued connections one at a time; exits after PX_IDLE_SEC with none, or at stop. */
+static void *px_worker(void *arg)
+{
+	struct proxy *p = arg;
+
+	pthread_mutex_lock(&p->lock);
+	for (;;) {
+		struct px_conn *c = p->q_head;
+
+		if (!c) {
+			struct timespec ts;
+			int err;
+
+			if (p->stopping)
+				break;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += PX_IDLE_SEC;
+			p->idle++;
+			err = pthread_cond_timedwait(&p->cond, &p->lock, &ts);
+			p->idle--;
+			if (err == ETIMEDOUT && !p->q_head)
+				break;
+			continue;
+		}
+		p->q_head = c->next;
+		if (!p->q_head)
+			p->q_tail = NULL;
+		p->queued--;
+		pthread_mutex_unlock(&p->lock);
+		px_conn_serve(c);
+		pthread_mutex_lock(&p->lock);
+	}
+	p->workers--;
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+	OPENSSL_thread_stop();
 	return NULL;
+}
+
+/* Queues c for a worker, starting one when none is idle. 0 or -errno (c not queued). */
+static int px_dispatch(struct proxy *p, struct px_conn *c, pthread_attr_t *attr)
+{
+	pthread_t th;
+	int ret = 0;
+
+	pthread_mutex_lock(&p->lock);
+	if (p->idle <= p->queued) {
+		if (p->workers >= p->o.max_clients || pthread_create(&th, attr, px_worker, p)) {
+			/* a worker that is busy takes it when it is done */
+			if (p->workers == 0)
+				ret = -EAGAIN;
+		} else {
+			p->workers++;
+		}
+	}
+	if (!ret) {
+		c->next = NULL;
+		if (p->q_tail)
+			p->q_tail->next = c;
+		else
+			p->q_head = c;
+		p->q_tail = c;
+		p->queued++;
+		pthread_cond_signal(&p->cond);
+	}
+	pthread_mutex_unlock(&p->lock);
+	return ret;
 }
 
 static int px_ctx_new(const struct proxy_opts *o, SSL_CTX **up, SSL_CTX **cl)
 {
-	/* no session tickets or resumption: they would need a ticket key to guard */
-	const long opts = SSL_OP_NO_TICKET | SSL_OP_CLEANSE_PLAINTEXT | SSL_OP_NO_COMPRESSION |
-	                  SSL_OP_NO_RENEGOTIATION;
+	const long opts =
+	    SSL_OP_CLEANSE_PLAINTEXT | SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION;
 
 	*up = SSL_CTX_new(TLS_client_method());
 	*cl = SSL_CTX_new(TLS_server_method());
@@ -987,12 +1284,19 @@ static int px_ctx_new(const struct proxy_opts *o, SSL_CTX **up, SSL_CTX **cl)
 
 		SSL_CTX_set_min_proto_version(x, TLS1_2_VERSION);
 		SSL_CTX_set_options(x, opts);
+		/* record buffers stay for the connection: releasing them after each read would
+		 * allocate (and zero on free) 16 KiB or more per record */
 		SSL_CTX_set_mode(x, SSL_MODE_ENABLE_PARTIAL_WRITE |
-		                        SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-		                        SSL_MODE_RELEASE_BUFFERS);
-		SSL_CTX_set_session_cache_mode(x, SSL_SESS_CACHE_OFF);
+		                        SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	}
+	/* clients: no session tickets or resumption, as they would need a ticket key to guard */
+	SSL_CTX_set_options(*cl, SSL_OP_NO_TICKET);
+	SSL_CTX_set_session_cache_mode(*cl, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_num_tickets(*cl, 0);
+	/* upstreams: sessions resumed from px_sess_*, filled after verified handshakes */
+	SSL_CTX_set_session_cache_mode(*up,
+	                               SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(*up, px_sess_new);
 	SSL_CTX_set_alpn_select_cb(*cl, px_alpn_select, NULL);
 	SSL_CTX_set_verify(*up, SSL_VERIFY_PEER, NULL);
 	if (o->upstream_ca ? SSL_CTX_load_verify_locations(*up, o->upstream_ca, NULL) != 1
@@ -1014,8 +1318,24 @@ int proxy_new(struct inspect_node *n, const struct proxy_opts *o, struct proxy *
 	p->node = n;
 	p->o = *o;
 	p->fds = calloc(o->nlisten, sizeof(int));
-	if (!p->fds)
+	p->sess = calloc(PX_SESS_SLOTS, sizeof(*p->sess));
+	p->dns = calloc(PX_DNS_SLOTS, sizeof(*p->dns));
+	if (!p->fds || !p->sess || !p->dns)
 		goto err;
+	if (pthread_mutex_init(&p->lock, NULL))
+		goto err;
+	if (pthread_cond_init(&p->cond, NULL)) {
+		pthread_mutex_destroy(&p->lock);
+		goto err;
+	}
+	p->lock_init = true;
+	if (pthread_mutex_init(&p->cache_lock, NULL))
+		goto err;
+	p->cache_lock_init = true;
+	if (RAND_bytes((unsigned char *)&p->seed, sizeof(p->seed)) != 1) {
+		ret = -EIO;
+		goto err;
+	}
 	ret = px_ctx_new(o, &p->up_ctx, &p->cl_ctx);
 	if (ret)
 		goto err;
@@ -1052,7 +1372,6 @@ int proxy_run(struct proxy *p, volatile int *stop)
 		for (size_t i = 0; r > 0 && i < p->nfds; i++) {
 			struct px_conn *c;
 			socklen_t sl;
-			pthread_t th;
 			int fd, one = 1;
 
 			if (!(pfd[i].revents & POLLIN))
@@ -1087,7 +1406,7 @@ int proxy_run(struct proxy *p, volatile int *stop)
 				free(c);
 				continue;
 			}
-			if (pthread_create(&th, &attr, px_thread, c)) {
+			if (px_dispatch(p, c, &attr)) {
 				atomic_fetch_sub(&p->clients, 1);
 				close(fd);
 				free(c);
@@ -1095,10 +1414,22 @@ int proxy_run(struct proxy *p, volatile int *stop)
 		}
 	}
 	pthread_attr_destroy(&attr);
-	/* let connections finish their current exchange */
-	for (int i = 0; i < 50 && atomic_load(&p->clients); i++)
+	/* let connections finish their current exchange, then the workers leave */
+	pthread_mutex_lock(&p->lock);
+	p->stopping = true;
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+	for (int i = 0; i < 50; i++) {
+		bool done;
+
+		pthread_mutex_lock(&p->lock);
+		done = p->workers == 0;
+		pthread_mutex_unlock(&p->lock);
+		if (done)
+			return 0;
 		usleep(100 * 1000);
-	return atomic_load(&p->clients) ? -EBUSY : 0;
+	}
+	return -EBUSY;
 }
 
 void proxy_free(struct proxy *p)
@@ -1108,7 +1439,15 @@ void proxy_free(struct proxy *p)
 	for (size_t i = 0; i < p->nfds; i++)
 		close(p->fds[i]);
 	free(p->fds);
+	px_sess_free_all(p);
+	free(p->dns);
 	SSL_CTX_free(p->up_ctx);
 	SSL_CTX_free(p->cl_ctx);
+	if (p->cache_lock_init)
+		pthread_mutex_destroy(&p->cache_lock);
+	if (p->lock_init) {
+		pthread_cond_destroy(&p->cond);
+		pthread_mutex_destroy(&p->lock);
+	}
 	free(p);
 }
