@@ -259,84 +259,88 @@ int ca_db_tenant_put(struct ca_db *db, const char *tenant, const char *state, co
 	               store_text(csr_pem), store_int(time(NULL))));
 }
 
-int ca_db_crl_next(struct ca_db *db, const char *tenant, long *number)
+/* The tenant's CRL (signed by the issuing CA) and ARL (by the root) keep the same columns. */
+enum { CA_DB_CRL, CA_DB_ARL };
+static const char *const ca_db_list_sql[2][4] = {
+    [CA_DB_CRL] = {"UPDATE tenant SET crl_number = crl_number + 1 WHERE name = $1",
+                   "SELECT crl_number FROM tenant WHERE name = $1",
+                   "UPDATE tenant SET crl_der = $1 WHERE name = $2",
+                   "SELECT crl_der FROM tenant WHERE name = $1"},
+    [CA_DB_ARL] = {"UPDATE tenant SET arl_number = arl_number + 1 WHERE name = $1",
+                   "SELECT arl_number FROM tenant WHERE name = $1",
+                   "UPDATE tenant SET arl_der = $1 WHERE name = $2",
+                   "SELECT arl_der FROM tenant WHERE name = $1"},
+};
+
+static int ca_db_list_next(struct ca_db *db, int which, const char *tenant, long *number)
 {
 	int64_t v;
 	int ret;
 
-	ret = ca_db_exec(db, "UPDATE tenant SET crl_number = crl_number + 1 WHERE name = $1",
-	                 STORE_ARGS(store_text(tenant)));
+	ret = ca_db_exec(db, ca_db_list_sql[which][0], STORE_ARGS(store_text(tenant)));
 	if (!ret)
-		ret = store_query_int(db->st, "SELECT crl_number FROM tenant WHERE name = $1",
+		ret = store_query_int(db->st, ca_db_list_sql[which][1],
 		                      STORE_ARGS(store_text(tenant)), &v);
 	if (!ret)
 		*number = (long)v;
 	return ret;
+}
+
+static int ca_db_list_put(struct ca_db *db, int which, const char *tenant, const uint8_t *der,
+                          size_t len)
+{
+	return ca_db_exec(db, ca_db_list_sql[which][2],
+	                  STORE_ARGS(store_blob(der, len), store_text(tenant)));
+}
+
+static int ca_db_list_get(struct ca_db *db, int which, const char *tenant, uint8_t **der,
+                          size_t *len)
+{
+	struct ca_db_cols c = {.n = 1};
+	int ret;
+
+	*der = NULL;
+	ret = store_query(db->st, ca_db_list_sql[which][3], STORE_ARGS(store_text(tenant)),
+	                  ca_db_cols_row, &c);
+	if (!ret && !c.p[0])
+		ret = -ENOENT;
+	if (ret) {
+		ca_db_cols_free(&c);
+		return ret;
+	}
+	*der = c.p[0];
+	*len = c.len[0];
+	return 0;
+}
+
+int ca_db_crl_next(struct ca_db *db, const char *tenant, long *number)
+{
+	return ca_db_list_next(db, CA_DB_CRL, tenant, number);
 }
 
 int ca_db_crl_put(struct ca_db *db, const char *tenant, const uint8_t *der, size_t len)
 {
-	return ca_db_exec(db, "UPDATE tenant SET crl_der = $1 WHERE name = $2",
-	                  STORE_ARGS(store_blob(der, len), store_text(tenant)));
+	return ca_db_list_put(db, CA_DB_CRL, tenant, der, len);
 }
 
 int ca_db_crl_get(struct ca_db *db, const char *tenant, uint8_t **der, size_t *len)
 {
-	struct ca_db_cols c = {.n = 1};
-	int ret;
-
-	*der = NULL;
-	ret = store_query(db->st, "SELECT crl_der FROM tenant WHERE name = $1",
-	                  STORE_ARGS(store_text(tenant)), ca_db_cols_row, &c);
-	if (!ret && !c.p[0])
-		ret = -ENOENT;
-	if (ret) {
-		ca_db_cols_free(&c);
-		return ret;
-	}
-	*der = c.p[0];
-	*len = c.len[0];
-	return 0;
+	return ca_db_list_get(db, CA_DB_CRL, tenant, der, len);
 }
 
 int ca_db_arl_next(struct ca_db *db, const char *tenant, long *number)
 {
-	int64_t v;
-	int ret;
-
-	ret = ca_db_exec(db, "UPDATE tenant SET arl_number = arl_number + 1 WHERE name = $1",
-	                 STORE_ARGS(store_text(tenant)));
-	if (!ret)
-		ret = store_query_int(db->st, "SELECT arl_number FROM tenant WHERE name = $1",
-		                      STORE_ARGS(store_text(tenant)), &v);
-	if (!ret)
-		*number = (long)v;
-	return ret;
+	return ca_db_list_next(db, CA_DB_ARL, tenant, number);
 }
 
 int ca_db_arl_put(struct ca_db *db, const char *tenant, const uint8_t *der, size_t len)
 {
-	return ca_db_exec(db, "UPDATE tenant SET arl_der = $1 WHERE name = $2",
-	                  STORE_ARGS(store_blob(der, len), store_text(tenant)));
+	return ca_db_list_put(db, CA_DB_ARL, tenant, der, len);
 }
 
 int ca_db_arl_get(struct ca_db *db, const char *tenant, uint8_t **der, size_t *len)
 {
-	struct ca_db_cols c = {.n = 1};
-	int ret;
-
-	*der = NULL;
-	ret = store_query(db->st, "SELECT arl_der FROM tenant WHERE name = $1",
-	                  STORE_ARGS(store_text(tenant)), ca_db_cols_row, &c);
-	if (!ret && !c.p[0])
-		ret = -ENOENT;
-	if (ret) {
-		ca_db_cols_free(&c);
-		return ret;
-	}
-	*der = c.p[0];
-	*len = c.len[0];
-	return 0;
+	return ca_db_list_get(db, CA_DB_ARL, tenant, der, len);
 }
 
 int ca_db_tenant_root(struct ca_db *db, const char *tenant, uint8_t **root_pem, size_t *root_len,

@@ -138,6 +138,18 @@ out:
 	return ret;
 }
 
+/* A CA below the root that signs leaves and CRLs only (pathlen 0), signed by the root. */
+static int pki_sign_sub_ca(X509 *x, X509 *root, EVP_PKEY *root_key)
+{
+	if (pki_add_ext(x, root, NULL, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") ||
+	    pki_add_ext(x, root, NULL, NID_key_usage, "critical,keyCertSign,cRLSign") ||
+	    pki_add_ext(x, root, NULL, NID_subject_key_identifier, "hash") ||
+	    pki_add_ext(x, root, NULL, NID_authority_key_identifier, "keyid:always") ||
+	    !X509_sign(x, root_key, pki_md(root_key)))
+		return -EIO;
+	return 0;
+}
+
 int pki_make_issuer(const char *tenant, EVP_PKEY *key, X509 *root, EVP_PKEY *root_key, time_t now,
                     X509 **out)
 {
@@ -151,13 +163,7 @@ int pki_make_issuer(const char *tenant, EVP_PKEY *key, X509 *root, EVP_PKEY *roo
 	if (!name)
 		return -ENOMEM;
 	x = pki_cert_new(name, X509_get_subject_name(root), key, now, (long)CA_ISSUER_DAYS * 86400);
-	if (!x)
-		goto out;
-	if (pki_add_ext(x, root, NULL, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") ||
-	    pki_add_ext(x, root, NULL, NID_key_usage, "critical,keyCertSign,cRLSign") ||
-	    pki_add_ext(x, root, NULL, NID_subject_key_identifier, "hash") ||
-	    pki_add_ext(x, root, NULL, NID_authority_key_identifier, "keyid:always") ||
-	    !X509_sign(x, root_key, pki_md(root_key)))
+	if (!x || pki_sign_sub_ca(x, root, root_key))
 		goto out;
 	*out = x;
 	x = NULL;
@@ -193,11 +199,7 @@ int pki_sign_inspection(const char *tenant, X509 *root, EVP_PKEY *root_key, X509
 		goto out;
 	ret = -EIO;
 	x = pki_cert_new(subject, X509_get_subject_name(root), pub, now, (long)(not_after - now));
-	if (!x || pki_add_ext(x, root, NULL, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") ||
-	    pki_add_ext(x, root, NULL, NID_key_usage, "critical,keyCertSign,cRLSign") ||
-	    pki_add_ext(x, root, NULL, NID_subject_key_identifier, "hash") ||
-	    pki_add_ext(x, root, NULL, NID_authority_key_identifier, "keyid:always") ||
-	    !X509_sign(x, root_key, pki_md(root_key)))
+	if (!x || pki_sign_sub_ca(x, root, root_key))
 		goto out;
 	*out = x;
 	x = NULL;

@@ -106,6 +106,64 @@ static void config_walk(struct mt_msg *m)
 }
 
 /* The rules each reader of the message relies on. */
+static bool same(struct mt_bytes a, struct mt_bytes b)
+{
+	return a.len == b.len && memcmp(a.p, b.p, a.len) == 0;
+}
+
+/*
+ * POSTURE_QUERY and POSTURE: walks the repeated items back into arrays (the encoder's
+ * input), each checked: absolute printable paths, names, no duplicates, the limits.
+ */
+static void posture_fields(struct mt_msg *m, bool query)
+{
+	static struct mt_bytes files[MT_POSTURE_FILES_MAX], procs[MT_POSTURE_PROCS_MAX];
+	static struct mt_file_fact facts[MT_POSTURE_FILES_MAX];
+	unsigned nf = 0, np = 0;
+	struct mt_file_fact f;
+	struct mt_iter it;
+	struct mt_bytes t;
+	uint16_t type;
+
+	wire_posture_iter(query ? &m->u.posture_query.attrs : &m->u.posture.attrs, &it);
+	while (wire_posture_next(&it, &type, &t, &f)) {
+		if (type == MT_A_PROCESS) {
+			text(t, true, MT_PROCESS_MAX);
+			need(np < MT_POSTURE_PROCS_MAX);
+			for (unsigned i = 0; i < np; i++)
+				need(!same(procs[i], t));
+			procs[np++] = t;
+			continue;
+		}
+		need(type == (query ? MT_A_FILE : MT_A_FILE_FACT));
+		if (!query)
+			t = f.path;
+		text(t, true, MT_PATH_MAX);
+		need(t.p[0] == '/');
+		need(nf < MT_POSTURE_FILES_MAX);
+		for (unsigned i = 0; i < nf; i++)
+			need(!same(query ? files[i] : facts[i].path, t));
+		files[nf] = t;
+		facts[nf++] = f;
+	}
+	if (query) {
+		need(m->u.posture_query.files == NULL && m->u.posture_query.nfiles == 0);
+		m->u.posture_query.files = files;
+		m->u.posture_query.nfiles = (uint16_t)nf;
+		m->u.posture_query.procs = procs;
+		m->u.posture_query.nprocs = (uint16_t)np;
+		return;
+	}
+	need(m->u.posture.files == NULL && m->u.posture.nfiles == 0);
+	need(m->u.posture.disk_encrypted <= 1);
+	text(m->u.posture.kernel, false, MT_KERNEL_MAX);
+	text(m->u.posture.os, false, MT_OS_MAX);
+	m->u.posture.files = facts;
+	m->u.posture.nfiles = (uint16_t)nf;
+	m->u.posture.procs = procs;
+	m->u.posture.nprocs = (uint16_t)np;
+}
+
 static void fields(struct mt_msg *m)
 {
 	switch (FUZZ_MSG) {
@@ -171,6 +229,10 @@ static void fields(struct mt_msg *m)
 		break;
 	case MT_ERROR:
 		text(m->u.error.message, true, MT_TEXT_MAX);
+		break;
+	case MT_POSTURE_QUERY:
+	case MT_POSTURE:
+		posture_fields(m, FUZZ_MSG == MT_POSTURE_QUERY);
 		break;
 	default:
 		abort();
