@@ -77,7 +77,7 @@ wait "$watcher"
 ok $rc "tools/bench --rounds 1 --seconds 1 exits 0" "$(tail -n 20 "$tmp/err")"
 
 missing=""
-for m in direct mtun mtun-forward ssh stunnel wireguard squid mitmproxy inspect crypto codec tls ca mint; do
+for m in direct mtun mtun-forward ssh stunnel wireguard squid mitmproxy inspect crypto codec tls ca mint policy; do
 	grep -qE "^$m( |$)" "$tmp/out" || missing+=" $m"
 done
 ok "$([ -z "$missing" ] && echo 0 || echo 1)" "the table has a row for every mode" \
@@ -99,7 +99,7 @@ for m in ("ssh", "stunnel", "wireguard"):
 # A running mtun-forward is measured like a peer (its processes' CPU included).
 if any(not r.get("skipped") and r["metric"] == "tput1_gbps" for r in recs if r["mode"] == "mtun-forward"):
     want["mtun-forward"] = net + ["cpu_s_per_gb"]
-for m in ("codec", "tls", "ca", "mint"):
+for m in ("codec", "tls", "ca", "mint", "policy"):
     want[m] = [None]
 want["crypto"] = ["aes128gcm_16k_MBps", "ecdsap256_sign_per_s", "rsa2048_sign_per_s"]
 # HTTPS through explicit proxies, and straight to the origin as their baseline
