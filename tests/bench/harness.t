@@ -2,7 +2,8 @@
 # tools/bench in a tiny configuration (one round, one second per figure), so the harness
 # cannot rot: every mode and metric gets a figure or an explicit skip (the proxy modes
 # included: squid, mitmproxy, inspect, with direct as their baseline), and nothing it
-# started outlives it, also when it is terminated. Asserts no speed.
+# started outlives it (processes, namespaces, the mtun mode's cgroup and bpffs), also when
+# it is terminated. Asserts no speed.
 set -uo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -60,6 +61,9 @@ leftovers() { # leftovers ID: processes seen during the run that are still alive
 	for p in /run/netns/mtunb-"$id"-*; do
 		[ -e "$p" ] && echo "namespace ${p##*/}"
 	done
+	p=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
+	[ -n "$p" ] && [ -e "$p/mtunb-$id" ] && echo "cgroup $p/mtunb-$id"
+	awk -v src="mtunb-$id-bpf" '$1 == src { print "bpffs " $2 }' /proc/self/mounts
 }
 
 echo "1..8"
@@ -96,9 +100,12 @@ net = ["tput1_gbps", "tput4_gbps", "rr_p50_us", "rr_p99_us", "cps", "cps_p99_ms"
 want = {m: net for m in ("direct", "ssh", "stunnel", "wireguard", "mtun", "mtun-forward")}
 for m in ("ssh", "stunnel", "wireguard"):
     want[m] = net + ["cpu_s_per_gb"]
-# A running mtun-forward is measured like a peer (its processes' CPU included).
-if any(not r.get("skipped") and r["metric"] == "tput1_gbps" for r in recs if r["mode"] == "mtun-forward"):
-    want["mtun-forward"] = net + ["cpu_s_per_gb"]
+# A running mtun-forward or mtun is measured like a peer (its processes' CPU included).
+measured = lambda m: any(not r.get("skipped") and r["metric"] == "tput1_gbps" for r in recs
+                         if r["mode"] == m)
+for m in ("mtun-forward", "mtun"):
+    if measured(m):
+        want[m] = net + ["cpu_s_per_gb"]
 for m in ("codec", "tls", "ca", "mint", "policy"):
     want[m] = [None]
 want["crypto"] = ["aes128gcm_16k_MBps", "ecdsap256_sign_per_s", "rsa2048_sign_per_s"]
@@ -119,9 +126,12 @@ for mode, metrics in want.items():
                     bad.append("skip without a reason: %s %s" % (mode, r["metric"]))
             elif not isinstance(r.get("median"), (int, float)) or r["median"] <= 0:
                 bad.append("no positive median: %s %s" % (mode, r["metric"]))
-            elif mode in ("ssh", "stunnel", "wireguard", "mtun-forward") and metric in net and \
-                    not isinstance(r["ratios"].get("direct"), (int, float)):
+            elif mode in ("ssh", "stunnel", "wireguard", "mtun-forward", "mtun") and \
+                    metric in net and not isinstance(r["ratios"].get("direct"), (int, float)):
                 bad.append("no ratio to direct: %s %s" % (mode, r["metric"]))
+            elif mode == "mtun" and metric in net and measured("mtun-forward") and \
+                    not isinstance(r["ratios"].get("mtun-forward"), (int, float)):
+                bad.append("no ratio to mtun-forward: %s %s" % (mode, r["metric"]))
             elif mode in ("squid", "mitmproxy", "inspect") and \
                     not isinstance(r["ratios"].get("direct"), (int, float)):
                 bad.append("no ratio to direct: %s %s" % (mode, r["metric"]))
@@ -144,13 +154,14 @@ print(" ".join(sorted({r["mode"] for r in recs if not r.get("skipped") and r["me
 ' "$tmp/b.json" 2>&1)
 ok "$([ "$peers" = "direct ssh stunnel wireguard" ] && echo 0 || echo 1)" \
 	"every peer mode carried traffic" "measured: $peers"
-# What mtun-forward did (measured, or skipped and why), for the reader.
+# What mtun-forward and mtun did (measured, or skipped and why), for the reader.
 "$py" -c '
 import json, sys
-recs = [r for r in json.load(open(sys.argv[1]))["records"] if r["mode"] == "mtun-forward"]
-got = ["%s=%s" % (r["metric"], r["median"]) for r in recs if not r.get("skipped")]
-why = sorted({r["reason"] for r in recs if r.get("skipped")})
-print("# mtun-forward: " + (" ".join(got) if got else "skipped: " + "; ".join(why)))
+for m in ("mtun-forward", "mtun"):
+    recs = [r for r in json.load(open(sys.argv[1]))["records"] if r["mode"] == m]
+    got = ["%s=%s" % (r["metric"], r["median"]) for r in recs if not r.get("skipped")]
+    why = sorted({r["reason"] for r in recs if r.get("skipped")})
+    print("# %s: " % m + (" ".join(got) if got else "skipped: " + "; ".join(why)))
 ' "$tmp/b.json" 2>/dev/null
 
 left=$(leftovers "$id1")
