@@ -253,9 +253,10 @@ enroll_connector() {
 		--state "$dir" --identity-source "$idsrc") >>"$T/enroll.log" 2>&1
 }
 
-# broker_conf_one FILE PORT: a broker configuration with one segment (server01 on tcp/PORT,
-# connector group dc1) that user alice (group eng) may reach.
+# broker_conf_one FILE PORT [RULE]: a broker configuration with one segment (server01 on
+# tcp/PORT, connector group dc1) that user alice (group eng) may reach, or RULE instead.
 broker_conf_one() {
+	local rule=${3:-'{ id = 1; name = "eng-to-server01"; action = "allow"; groups = [ "eng" ]; segments = [ 10 ]; }'}
 	cat >"$1" <<CONF
 broker = {
 	listen = "$svc:$bport";
@@ -270,7 +271,7 @@ segments = (
 );
 users = ( { name = "alice"; groups = [ "eng" ]; } );
 rules = (
-	{ id = 1; name = "eng-to-server01"; action = "allow"; groups = [ "eng" ]; segments = [ 10 ]; }
+	$rule
 );
 CONF
 }

@@ -6,23 +6,9 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 e2e_init h
 lab_up
-conf() {
-cat >"$T/broker.conf" <<CONF
-broker = {
-	listen = "$svc:$bport";
-	tenant = "lab";
-	state = "$state/edge/broker";
-	identity_source = "$state/edge/identity";
-};
-activity = { sink = "file:$T/activity.jsonl"; };
-connector_groups = ( { id = 1; name = "dc1"; } );
-segments = (
-	{ id = 10; name = "server01"; hosts = [ "server01.corp.example" ];
-	  ports = [ "tcp/22" ]; connector_groups = [ "dc1" ]; }
-);
-users = ( { name = "alice"; groups = [ "eng" ]; } );
-rules = ( $1 );
-CONF
+conf() { # conf RULE: the one-segment file with RULE and the activity log
+	broker_conf_one "$T/broker.conf" 22 "$1"
+	echo "activity = { sink = \"file:$T/activity.jsonl\"; };" >>"$T/broker.conf"
 }
 conf '{ id = 1; name = "eng-ssh"; action = "allow"; groups = [ "eng" ]; segments = [ 10 ]; }'
 connector_conf "$T/connector.conf" "$state/conn/connector" "$state/conn/identity"
